@@ -1,0 +1,343 @@
+// Package queue is the durable store of caddy-webhooks: events, their
+// deliveries, subscriptions, the failure log and idempotency keys, all in one
+// embedded Badger database. It knows nothing of HTTP or Caddy.
+//
+// All mutations go through one writer goroutine that packs every request
+// waiting at that moment into a single Badger transaction (group commit), so
+// one fsync acknowledges many events. Reads use their own read-only
+// transactions and never block the writer.
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound: no such subscription, event or delivery.
+	ErrNotFound = errors.New("not found")
+	// ErrClosed: the store is closed; nothing was written.
+	ErrClosed = errors.New("store closed")
+	// ErrUnavailable: the write could not be committed (disk full, I/O
+	// error); nothing of the request was written. Callers answer 503.
+	ErrUnavailable = errors.New("storage unavailable")
+	// ErrExists: a subscription with that id already exists (Create).
+	ErrExists = errors.New("already exists")
+)
+
+// Options configure Open. Zero values take the documented defaults.
+type Options struct {
+	// Dir is the Badger directory (created if missing). Required.
+	Dir string
+	// Retention is how long an event and its delivery records are kept after
+	// its last delivery reached a terminal state (default 24h).
+	Retention time.Duration
+	// FailureRetention is how long failure-log entries are kept (default 7 days).
+	FailureRetention time.Duration
+	// IdempotencyTTL is how long an Idempotency-Key dedupes (default 24h).
+	IdempotencyTTL time.Duration
+	// Now is the clock (default time.Now). Tests inject a fake one.
+	Now func() time.Time
+	// MemTableSize etc. are tuned inside Open; expose only what tests need.
+	// SmallMemory, when set, tunes Badger for a small footprint (the default
+	// is already bounded; this is for tests that open many stores).
+	SmallMemory bool
+}
+
+// Subscription states.
+const (
+	StateActive = "active"
+	StatePaused = "paused"
+)
+
+// Subscription sources.
+const (
+	SourceAPI       = "api"
+	SourceCaddyfile = "caddyfile"
+)
+
+// Secret is one signing secret ("whsec_<base64>"). A secret with a non-zero
+// ExpiresAt is a rotated-out one that keeps signing until then.
+type Secret struct {
+	Value     string    `json:"value"`
+	ExpiresAt time.Time `json:"expires_at,omitempty"`
+}
+
+// Subscription is a receiver of events, with its persisted breaker state.
+type Subscription struct {
+	ID                  string            `json:"id"`
+	URL                 string            `json:"url"`
+	Events              []string          `json:"events"` // event types, or ["*"]
+	Description         string            `json:"description,omitempty"`
+	Headers             map[string]string `json:"headers,omitempty"`
+	Secrets             []Secret          `json:"secrets"` // newest first
+	Source              string            `json:"source"`  // SourceAPI or SourceCaddyfile
+	State               string            `json:"state"`   // StateActive or StatePaused
+	ConsecutiveFailures int               `json:"consecutive_failures"`
+	PausedAt            time.Time         `json:"paused_at,omitempty"`
+	LastError           string            `json:"last_error,omitempty"`
+	LastErrorAt         time.Time         `json:"last_error_at,omitempty"`
+	CreatedAt           time.Time         `json:"created_at"`
+	UpdatedAt           time.Time         `json:"updated_at"`
+}
+
+// Matches reports whether the subscription wants events of type typ.
+func (s *Subscription) Matches(typ string) bool {
+	for _, e := range s.Events {
+		if e == "*" || e == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// Event is one accepted event. Data is stored once, however many
+// subscriptions it fans out to.
+type Event struct {
+	ID   string          `json:"id"`   // "evt_…", assigned by the caller
+	Type string          `json:"type"` // catalog name
+	Time time.Time       `json:"timestamp"`
+	Data json.RawMessage `json:"data"` // the emitted JSON, verbatim
+	// TraceParent/TraceState are the W3C trace context of the event's
+	// webhook.emit span, so delivery spans hours later join the same trace.
+	TraceParent string `json:"traceparent,omitempty"`
+	TraceState  string `json:"tracestate,omitempty"`
+}
+
+// EnqueueResult is what the emit endpoint answers.
+type EnqueueResult struct {
+	ID         string `json:"id"`
+	Type       string `json:"type"`
+	Deliveries int    `json:"deliveries"`
+	// Duplicate: the Idempotency-Key was seen within its TTL; this is the
+	// first call's result and nothing new was stored.
+	Duplicate bool `json:"-"`
+}
+
+// Delivery states as reported by queries. A live delivery (not delivered,
+// not failed) is "held" while its subscription is paused, "scheduled" while
+// it waits for a retry, otherwise "pending".
+const (
+	DeliveryPending   = "pending"
+	DeliveryScheduled = "scheduled"
+	DeliveryHeld      = "held"
+	DeliveryDelivered = "delivered"
+	DeliveryFailed    = "failed"
+)
+
+// Job is a delivery handed out by Take. It is leased in memory only: if the
+// process dies before an outcome is recorded, the delivery is due again
+// after restart (at-least-once).
+type Job struct {
+	SubscriptionID string
+	EventID        string
+	// Attempts made before this one (0 for the first attempt).
+	Attempts int
+	// Due is when it became due.
+	Due time.Time
+	// key is the due-index key; opaque to callers.
+	key []byte
+}
+
+// Attempt is the record of one delivery attempt.
+type Attempt struct {
+	Attempt      int       `json:"attempt"` // 1-based
+	Time         time.Time `json:"time"`
+	StatusCode   int       `json:"status_code,omitempty"`
+	ResponseBody string    `json:"response_body,omitempty"` // ≤ 4 KiB
+	Error        string    `json:"error,omitempty"`
+	DurationMS   float64   `json:"duration_ms"`
+	TraceID      string    `json:"trace_id,omitempty"`
+	Success      bool      `json:"success"`
+}
+
+// SubUpdate is the subscription's breaker state after an outcome; it is
+// persisted in the same transaction as the outcome.
+type SubUpdate struct {
+	ConsecutiveFailures int
+	// Pause marks the subscription paused at PausedAt (set by the attempt
+	// that tripped its breaker).
+	Pause    bool
+	PausedAt time.Time
+}
+
+// FailureEntry is one row of the failure log.
+type FailureEntry struct {
+	Time           time.Time `json:"time"`
+	SubscriptionID string    `json:"subscription_id"`
+	EventID        string    `json:"event_id"`
+	EventType      string    `json:"event_type"`
+	Attempt        int       `json:"attempt"`
+	URL            string    `json:"url"`
+	StatusCode     int       `json:"status_code"`
+	ResponseBody   string    `json:"response_body"`
+	Error          string    `json:"error"`
+	DurationMS     float64   `json:"duration_ms"`
+	TraceID        string    `json:"trace_id"`
+}
+
+// DeliveryInfo is one subscription's delivery of an event, for queries.
+type DeliveryInfo struct {
+	SubscriptionID string    `json:"subscription_id"`
+	State          string    `json:"state"`
+	Attempts       []Attempt `json:"attempts"` // oldest first, the last 50 at most
+	NextAttempt    time.Time `json:"next_attempt,omitempty"`
+}
+
+// Stats counts deliveries and subscriptions by state.
+type Stats struct {
+	Deliveries    map[string]int `json:"deliveries"`    // pending, scheduled, held, delivered, failed
+	Subscriptions map[string]int `json:"subscriptions"` // active, paused
+}
+
+// Store is the durable store. All methods are safe for concurrent use.
+type Store struct {
+	impl *store
+}
+
+var errUnimplemented = errors.New("queue: not implemented yet")
+
+// ---- lifecycle -------------------------------------------------------------
+
+// Open opens (or creates) the store in opts.Dir with SyncWrites on, loads the
+// subscriptions into memory and restores the in-memory counters.
+func Open(opts Options) (*Store, error) { return nil, errUnimplemented }
+
+// Close stops the writer (committing what it holds) and closes Badger.
+func (s *Store) Close() error { return errUnimplemented }
+
+// ---- ingest ----------------------------------------------------------------
+
+// Enqueue stores ev and one live delivery per subscription id in subs (ids
+// that no longer exist at commit time are skipped), atomically, and returns
+// only after the commit was synced to disk. Concurrent callers share one
+// transaction and one fsync. idemKey, when non-empty, dedupes for
+// IdempotencyTTL: a repeat returns the first result with Duplicate set and
+// stores nothing. Errors: ErrUnavailable, ErrClosed, ctx errors.
+func (s *Store) Enqueue(ctx context.Context, ev Event, subs []string, idemKey string) (EnqueueResult, error) {
+	return EnqueueResult{}, errUnimplemented
+}
+
+// ---- taking work -----------------------------------------------------------
+
+// Take leases up to max due deliveries (due <= now) of one subscription, in
+// due order, skipping ones already leased. It does not look at the
+// subscription's state: the caller does not take from paused ones. next is
+// the due time of the first delivery after those returned that is not yet
+// due (zero if there is none), so the caller can set a timer. The cost does
+// not grow with the number of deliveries already completed (a cursor per
+// subscription, not a rewind over tombstones).
+func (s *Store) Take(subID string, max int, now time.Time) (jobs []Job, next time.Time, err error) {
+	return nil, time.Time{}, errUnimplemented
+}
+
+// Event returns a stored event.
+func (s *Store) Event(id string) (Event, error) { return Event{}, errUnimplemented }
+
+// Notify returns a channel that receives (non-blocking, capacity 1) after
+// every commit that made a delivery of any subscription due now (enqueue,
+// release, redeliver). The dispatcher waits on it instead of polling.
+func (s *Store) Notify() <-chan struct{} { return nil }
+
+// ---- outcomes (batched, not individually synced) ---------------------------
+//
+// Complete, Reschedule, Fail and Hold queue the outcome for the writer and
+// return at once; the lease ends when it is committed. done, if non-nil, is
+// called after the commit with its error. A lost outcome (crash before the
+// commit) means the delivery is attempted again: a duplicate, never a loss.
+
+// Complete marks the job delivered, logging the attempt.
+func (s *Store) Complete(job Job, a Attempt, sub SubUpdate, done func(error)) {}
+
+// Reschedule records a failed attempt (and its failure-log entry) and makes
+// the delivery due again at at.
+func (s *Store) Reschedule(job Job, at time.Time, a Attempt, f FailureEntry, sub SubUpdate, done func(error)) {
+}
+
+// Fail records the last failed attempt (and its failure-log entry) and marks
+// the delivery failed (kept; can be redelivered).
+func (s *Store) Fail(job Job, a Attempt, f FailureEntry, sub SubUpdate, done func(error)) {}
+
+// Hold gives the job back untouched (no attempt was made, e.g. its
+// subscription was paused after it was taken).
+func (s *Store) Hold(job Job) {}
+
+// Flush waits until every outcome queued before the call is committed.
+func (s *Store) Flush(ctx context.Context) error { return errUnimplemented }
+
+// ---- subscription management (synchronous, synced) -------------------------
+
+// CreateSubscription stores a new subscription (ErrExists if the id is taken).
+func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) error {
+	return errUnimplemented
+}
+
+// PutSubscription creates or replaces a subscription's configuration (url,
+// events, description, headers, secrets, source) while keeping its state,
+// counters, LastError and CreatedAt if it exists. Used for Caddyfile
+// subscriptions at every config load and for PATCH.
+func (s *Store) PutSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
+	return Subscription{}, errUnimplemented
+}
+
+// DeleteSubscription removes it and drops its live deliveries.
+func (s *Store) DeleteSubscription(ctx context.Context, id string) error { return errUnimplemented }
+
+// Subscription returns one subscription (from memory).
+func (s *Store) Subscription(id string) (Subscription, error) {
+	return Subscription{}, errUnimplemented
+}
+
+// Subscriptions returns all subscriptions sorted by id (from memory).
+func (s *Store) Subscriptions() []Subscription { return nil }
+
+// SetState sets a subscription's state and failure count and, when
+// activating, clears PausedAt. It does not move deliveries: see Release.
+func (s *Store) SetState(ctx context.Context, id, state string, failures int) (Subscription, error) {
+	return Subscription{}, errUnimplemented
+}
+
+// Release makes every live delivery of sub due now, oldest first (by
+// enqueue order), and rewinds its cursor. Used by activate.
+func (s *Store) Release(ctx context.Context, subID string) error { return errUnimplemented }
+
+// Drop removes every live delivery of sub (activate?discard=true).
+func (s *Store) Drop(ctx context.Context, subID string) (int, error) { return 0, errUnimplemented }
+
+// Redeliver makes the event's terminal deliveries (all, or only subID's when
+// non-empty) live again and due now, with a fresh attempt count. It returns
+// how many were queued; ErrNotFound if the event is gone.
+func (s *Store) Redeliver(ctx context.Context, eventID, subID string) (int, error) {
+	return 0, errUnimplemented
+}
+
+// ---- queries ---------------------------------------------------------------
+
+// EventDeliveries returns the event and, per subscription, its delivery.
+func (s *Store) EventDeliveries(id string) (Event, []DeliveryInfo, error) {
+	return Event{}, nil, errUnimplemented
+}
+
+// Failures returns failure-log entries newest first, optionally only one
+// subscription's, strictly before before (zero: no bound), at most limit.
+func (s *Store) Failures(subID string, limit int, before time.Time) ([]FailureEntry, error) {
+	return nil, errUnimplemented
+}
+
+// Match returns the ids of the subscriptions (active or paused) that want
+// events of type typ, from an in-memory index rebuilt on every subscription
+// change; it is on the emit hot path and does not allocate per call beyond
+// the returned slice (which callers must not modify).
+func (s *Store) Match(typ string) []string { return nil }
+
+// Pending returns the number of live deliveries of a subscription (from
+// memory).
+func (s *Store) Pending(subID string) int { return 0 }
+
+// Stats counts deliveries by state and subscriptions by state.
+func (s *Store) Stats() Stats { return Stats{} }
+
+type store struct{}
