@@ -23,9 +23,3 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 // AfterFunc wraps time.AfterFunc.
 func (SystemClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
-
-// FakeClock is a manual clock for tests: time moves only by Advance, which
-// fires the timers that became due.
-type FakeClock struct {
-	// implemented in clock_fake.go
-}
