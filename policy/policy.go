@@ -5,10 +5,10 @@
 package policy
 
 import (
-	"errors"
+	"math/rand/v2"
 	"net/http"
-	"net/netip"
-	"syscall"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -39,7 +39,24 @@ type Retry struct {
 // Next returns the delay before the next attempt after `attempts` attempts
 // were made (attempts >= 1), jittered; ok is false when the schedule is
 // exhausted and the delivery has failed.
-func (r Retry) Next(attempts int) (d time.Duration, ok bool) { return 0, false }
+func (r Retry) Next(attempts int) (d time.Duration, ok bool) {
+	i := max(attempts, 1) - 1
+	if i >= len(r.Delays) {
+		return 0, false
+	}
+	d = r.Delays[i]
+	j := min(max(r.Jitter, 0), 1)
+	if j == 0 || d <= 0 {
+		return max(d, 0), true
+	}
+	rnd := r.Rand
+	if rnd == nil {
+		rnd = rand.Float64
+	}
+	// Uniform in [d-j*d, d+j*d).
+	f := 1 + j*(2*rnd()-1)
+	return time.Duration(float64(d) * f), true
+}
 
 // Verdict is how one attempt's result is judged.
 type Verdict struct {
@@ -52,32 +69,37 @@ type Verdict struct {
 
 // Judge classifies an attempt: status is 0 when err != nil. Only 2xx is
 // success; redirects are failures. header is the response header (may be nil).
-func Judge(status int, header http.Header, err error, now time.Time) Verdict { return Verdict{} }
-
-// ErrForbiddenDestination is wrapped by every destination refusal.
-var ErrForbiddenDestination = errors.New("destination not allowed")
-
-// Destinations are the SSRF rules: private, loopback, link-local, CGNAT,
-// multicast, unspecified, documentation, benchmarking and reserved ranges
-// (and IPv4-mapped/-compatible forms of them) are refused unless inside
-// Allow.
-type Destinations struct {
-	Allow []netip.Prefix
+func Judge(status int, header http.Header, err error, now time.Time) Verdict {
+	switch {
+	case err != nil || status == 0:
+		return Verdict{}
+	case status >= 200 && status <= 299:
+		return Verdict{Success: true}
+	case status == http.StatusGone:
+		return Verdict{Gone: true}
+	case status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable:
+		return Verdict{NotBefore: retryAfter(header.Get("Retry-After"), now)}
+	}
+	return Verdict{}
 }
 
-// CheckAddr reports whether dialling addr is allowed (nil) or not (an error
-// wrapping ErrForbiddenDestination that names the address).
-func (d Destinations) CheckAddr(addr netip.Addr) error { return errUnimplemented }
-
-// Control is a net.Dialer Control function enforcing CheckAddr on the
-// address actually dialled, after DNS resolution.
-func (d Destinations) Control(network, address string, _ syscall.RawConn) error {
-	return errUnimplemented
+// retryAfter parses a Retry-After value, delay-seconds or an HTTP-date,
+// into a wait from now, capped at MaxRetryAfter; 0 when absent or invalid.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil {
+		if secs >= uint64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	} else {
+		return 0
+	}
+	return min(max(d, 0), MaxRetryAfter)
 }
-
-// CheckURL validates a subscription URL at subscribe time: scheme http or
-// https, a host, no userinfo; a literal IP (or "localhost") that CheckAddr
-// refuses is refused. Hostnames are checked again at dial time.
-func (d Destinations) CheckURL(raw string) error { return errUnimplemented }
-
-var errUnimplemented = errors.New("policy: not implemented yet")
