@@ -24,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -1275,5 +1276,107 @@ func LogLines(log, substr string) []string {
 			out = append(out, sc.Text())
 		}
 	}
+	return out
+}
+
+// ---- config reloads and metrics ----------------------------------------------
+
+// Adapt turns a Caddyfile into Caddy JSON through the admin /adapt endpoint.
+func (a *Admin) Adapt(t testing.TB, caddyfile string) []byte {
+	t.Helper()
+	r, err := DoJSON(a.Client, http.MethodPost, a.Base+"/adapt", caddyfile, http.Header{"Content-Type": {"text/caddyfile"}})
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	if r.Status != http.StatusOK {
+		t.Fatalf("POST /adapt: want 200, got %s", r)
+	}
+	var out struct {
+		Result json.RawMessage `json:"result"`
+	}
+	if err := r.Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Result
+}
+
+// Load replaces the running config with JSON config through POST /load and
+// returns the reply.
+func (a *Admin) Load(t testing.TB, config []byte) *Reply {
+	t.Helper()
+	return a.Post(t, "/load", config)
+}
+
+// Metrics fetches admin /metrics and returns its samples keyed by
+// `name{label="value",...}` exactly as exposed (labels in exposition order).
+func (a *Admin) Metrics(t testing.TB) MetricSet {
+	t.Helper()
+	r := a.Get(t, "/metrics")
+	if r.Status != http.StatusOK {
+		t.Fatalf("GET /metrics: want 200, got %d", r.Status)
+	}
+	return ParseMetrics(string(r.Body))
+}
+
+// MetricSet is a parsed Prometheus text exposition.
+type MetricSet map[string]float64
+
+// ParseMetrics parses the Prometheus text format, skipping comments.
+func ParseMetrics(text string) MetricSet {
+	m := MetricSet{}
+	for _, line := range strings.Split(text, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[i+1:], &v); err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m
+}
+
+// Sum adds the samples of metric name whose labels include every
+// `key="value"` pair given (none: all samples of that name).
+func (m MetricSet) Sum(name string, labels ...string) (sum float64, found bool) {
+	for k, v := range m {
+		n, rest, _ := strings.Cut(k, "{")
+		if n != name {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			if !strings.Contains(","+strings.TrimSuffix(rest, "}")+",", ","+l+",") {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			sum += v
+			found = true
+		}
+	}
+	return sum, found
+}
+
+// Names returns the sorted distinct metric names starting with prefix.
+func (m MetricSet) Names(prefix string) []string {
+	seen := map[string]bool{}
+	for k := range m {
+		n, _, _ := strings.Cut(k, "{")
+		if strings.HasPrefix(n, prefix) {
+			seen[n] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
 	return out
 }
