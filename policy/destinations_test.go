@@ -182,7 +182,9 @@ func TestControlAtDialTime(t *testing.T) {
 
 	client := func(d Destinations) *http.Client {
 		dialer := &net.Dialer{Timeout: 5 * time.Second, Control: d.Control}
-		return &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: dialer.DialContext}}
+		tr := &http.Transport{Proxy: nil, DialContext: dialer.DialContext}
+		t.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
 	}
 	get := func(c *http.Client, url string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
