@@ -1,0 +1,499 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	Quick       bool
+	N           int64
+	Backlog     int64
+	PhaseTime   time.Duration
+	CeilingTime time.Duration
+	LatencyTime time.Duration
+	Workers     int
+	InFlight    int
+	Out         string
+	PprofDir    string
+	Keep        bool
+}
+
+// concurrencies of the closed-loop phases; the last one is the one the
+// targets are about.
+var concurrencies = []int{1, 16, 64}
+
+const (
+	targetEmitRatio     = 0.6
+	targetEmitRate      = 25000
+	targetDeliveryRatio = 0.4
+	targetP99           = 20 * time.Millisecond
+	targetRSS           = 256 << 20
+	targetBacklog       = 1_000_000
+	latencyRate         = 1000
+	backlogConcurrency  = 128
+	openLoopWorkers     = 512
+)
+
+func (o *options) register(fs *flag.FlagSet) {
+	fs.BoolVar(&o.Quick, "quick", false, "seconds-long smoke run: small N, backlog 5000, targets not asserted")
+	fs.Int64Var(&o.N, "n", 200_000, "events per closed-loop emit phase (each phase also stops at -phase-time)")
+	fs.Int64Var(&o.Backlog, "backlog", targetBacklog, "deliveries held back (subscription paused) for the RSS and drain figures")
+	fs.DurationVar(&o.PhaseTime, "phase-time", 15*time.Second, "upper bound of each closed-loop emit phase")
+	fs.DurationVar(&o.CeilingTime, "ceiling-time", 5*time.Second, "duration of each ceiling measurement")
+	fs.DurationVar(&o.LatencyTime, "latency-time", 10*time.Second, "duration of each open-loop latency phase")
+	fs.IntVar(&o.Workers, "workers", 64, "sidecar: workers (attempts in flight)")
+	fs.IntVar(&o.InFlight, "max-in-flight", 64, "sidecar: max_in_flight per subscription")
+	fs.StringVar(&o.Out, "out", "", "results file (default <module>/bench/RESULTS.md)")
+	fs.StringVar(&o.PprofDir, "pprof", "", "if set, save sidecar CPU profiles (emit c=64, drain) and a heap profile (backlog held) here")
+	fs.BoolVar(&o.Keep, "keep", false, "keep the temp dir (sidecar storage, Caddyfile, log)")
+}
+
+// applyQuick shrinks everything not set explicitly to a seconds-long run.
+func (o *options) applyQuick(fs *flag.FlagSet) {
+	if !o.Quick {
+		return
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["n"] {
+		o.N = 3000
+	}
+	if !set["backlog"] {
+		o.Backlog = 5000
+	}
+	if !set["phase-time"] {
+		o.PhaseTime = 2 * time.Second
+	}
+	if !set["ceiling-time"] {
+		o.CeilingTime = time.Second
+	}
+	if !set["latency-time"] {
+		o.LatencyTime = 2 * time.Second
+	}
+}
+
+// results is everything one run measured; zero values are "not measured".
+type results struct {
+	Start time.Time
+	Phase string // what was running when the run stopped early
+
+	PostCeiling   map[int]float64 // concurrency -> req/s
+	BadgerCeiling float64
+
+	Binary, Commit string
+	Emits          map[int]closedResult
+	DeliveryRate   float64 // c=64 phase: 2xx emits / (phase start → last delivery)
+
+	Latency []latencyResult
+
+	BacklogN      int64
+	BacklogHeld   int64 // deliveries the sidecar reported held before Activate (-1 unknown)
+	BacklogRSS    int64 // RSS with the backlog held, before Activate
+	PeakRSS       int64 // over fill, hold and drain
+	PeakIsHWM     bool
+	DrainTime     time.Duration
+	DrainRate     float64
+	DrainComplete bool
+
+	Ledger   ledger
+	Ledgered bool
+	Notes    []string
+	Errors   []string
+	Profiles []string
+}
+
+// latencyResult is one open-loop phase's emit→delivery latency.
+type latencyResult struct {
+	Label     string
+	Offered   float64
+	Sent      int64
+	OK        int64
+	Delivered int
+	Late      int64
+	Delivery  latencySummary // scheduled send → first arrival at the subscriber
+	Ack       latencySummary // scheduled send → 2xx from the emit endpoint
+	Failures  string
+}
+
+func (r *results) errorf(format string, args ...any) {
+	r.Errors = append(r.Errors, fmt.Sprintf(format, args...))
+}
+
+func (r *results) notef(format string, args ...any) {
+	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
+}
+
+// exitCode: a full run fails only when it could not measure the sidecar at
+// all; a quick run (CI) also fails when the ledger does not balance or
+// nothing was delivered.
+func (r *results) exitCode(quick bool) int {
+	if quick {
+		if !r.Ledgered || !r.Ledger.Balanced() || r.Ledger.Delivered == 0 {
+			return 1
+		}
+		return 0
+	}
+	if !r.Ledgered {
+		return 1
+	}
+	return 0
+}
+
+// harness runs the phases in order.
+type harness struct {
+	opt  options
+	root string
+	args []string
+
+	tmp   string
+	sub   *subscriberProc
+	car   *sidecar
+	subID string
+	seqs  seqRange
+	acked seqTable // seq -> unix ns of its 2xx
+	nAck  atomic.Int64
+}
+
+func (h *harness) logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench %s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// run measures everything it can; a failing phase is recorded and the run
+// goes on with what does not depend on it.
+func (h *harness) run(ctx context.Context) *results {
+	res := &results{Start: time.Now(), PostCeiling: map[int]float64{}, Emits: map[int]closedResult{}, BacklogHeld: -1}
+	var err error
+	h.tmp, err = os.MkdirTemp("", "caddy-webhooks-bench-")
+	if err != nil {
+		res.errorf("temp dir: %v", err)
+		return res
+	}
+	if h.opt.Keep {
+		res.notef("temp dir kept: %s", h.tmp)
+	} else {
+		defer os.RemoveAll(h.tmp)
+	}
+
+	h.logf("starting the fast subscriber")
+	h.sub, err = startSubscriber(ctx)
+	if err != nil {
+		res.errorf("fast subscriber: %v", err)
+		return res
+	}
+	defer h.sub.Stop()
+	client := newClient(1024)
+
+	h.ceilings(ctx, res, client)
+	if ctx.Err() != nil {
+		return res
+	}
+
+	res.Phase = "sidecar start"
+	res.Binary, err = caddyBinary(ctx, h.root, h.logf)
+	if err != nil {
+		res.errorf("sidecar binary: %v", err)
+		return res
+	}
+	res.Commit = gitCommit(h.root)
+	h.logf("starting the sidecar %s", res.Binary)
+	h.car, err = startSidecar(ctx, res.Binary, h.tmp, h.opt.Workers, h.opt.InFlight)
+	if err != nil {
+		res.errorf("sidecar: %v", err)
+		return res
+	}
+	defer h.car.Stop()
+	h.subID, err = h.car.Subscribe(ctx, h.sub.HookURL())
+	if err != nil {
+		res.errorf("%v; sidecar log:\n%s", err, tailFile(h.car.LogPath, 20))
+		return res
+	}
+
+	emitURL := h.car.Emit + "/emit/lead.created"
+	h.emitPhases(ctx, res, client, emitURL)
+	if h.alive(res) && ctx.Err() == nil {
+		h.latencyPhases(ctx, res, client, emitURL)
+	}
+	if h.alive(res) && ctx.Err() == nil && h.opt.Backlog > 0 {
+		h.backlogPhase(ctx, res, client, emitURL)
+	}
+	if ctx.Err() != nil {
+		res.errorf("interrupted during %s", res.Phase)
+	}
+	h.settle(ctx, res)
+	if !h.car.Alive() {
+		res.errorf("sidecar exited (%v); log:\n%s", h.car.exitErr, tailFile(h.car.LogPath, 30))
+	}
+	return res
+}
+
+func (h *harness) alive(res *results) bool {
+	if h.car.Alive() {
+		return true
+	}
+	res.errorf("sidecar died during %s", res.Phase)
+	return false
+}
+
+// ceilings measures the bare POST rate at each concurrency and the bare
+// Badger commit rate, before the sidecar runs, so nothing competes with them.
+func (h *harness) ceilings(ctx context.Context, res *results, client *http.Client) {
+	res.Phase = "ceilings"
+	for _, c := range concurrencies {
+		h.logf("ceiling: bare POST c=%d for %s", c, h.opt.CeilingTime)
+		p := newPoster(client, h.sub.CeilingURL())
+		r := closedLoop(ctx, p, &h.seqs, c, 1<<40, h.opt.CeilingTime, nil)
+		res.PostCeiling[c] = r.Rate()
+		if r.Failures != "" {
+			res.errorf("bare POST c=%d: %s", c, r.Failures)
+		}
+	}
+	h.logf("ceiling: bare Badger SyncWrites, 64 goroutines for %s", h.opt.CeilingTime)
+	rate, err := badgerCeiling(ctx, h.tmp, 64, 1<<40, h.opt.CeilingTime)
+	if err != nil {
+		res.errorf("%v", err)
+	}
+	res.BadgerCeiling = rate
+}
+
+// waitDelivered waits until the subscriber has every acknowledged event so
+// far, bounded by a timeout that grows with the number expected.
+func (h *harness) waitDelivered(ctx context.Context, res *results, what string) (subscriberCounts, bool) {
+	want := h.nAck.Load()
+	timeout := 30*time.Second + time.Duration(want)*time.Millisecond
+	if h.opt.Quick {
+		timeout = 15*time.Second + time.Duration(want)*100*time.Microsecond
+	}
+	c, err := h.sub.WaitDistinct(ctx, want, timeout)
+	if err != nil {
+		res.errorf("%s: wait for deliveries: %v", what, err)
+		return c, false
+	}
+	if !c.Reached {
+		res.errorf("%s: subscriber has %d of %d acknowledged events after %s", what, c.Distinct, want, timeout)
+	}
+	return c, c.Reached
+}
+
+// emit runs one closed-loop phase against the sidecar and records acks.
+func (h *harness) emit(ctx context.Context, client *http.Client, url string, c int, n int64, d time.Duration) closedResult {
+	p := newPoster(client, url)
+	r := closedLoop(ctx, p, &h.seqs, c, n, d, &h.acked)
+	h.nAck.Add(r.OK)
+	return r
+}
+
+func (h *harness) emitPhases(ctx context.Context, res *results, client *http.Client, url string) {
+	for _, c := range concurrencies {
+		if !h.alive(res) || ctx.Err() != nil {
+			return
+		}
+		res.Phase = fmt.Sprintf("emit c=%d", c)
+		h.logf("sidecar: durable emits, closed loop c=%d, n=%d, at most %s", c, h.opt.N, h.opt.PhaseTime)
+		var prof sync.WaitGroup
+		if h.opt.PprofDir != "" && c == concurrencies[len(concurrencies)-1] {
+			prof.Go(func() { h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())-1, 1), "cpu-emit-c64.pprof") })
+		}
+		r := h.emit(ctx, client, url, c, h.opt.N, h.opt.PhaseTime)
+		res.Emits[c] = r
+		if r.Failures != "" {
+			res.errorf("emit c=%d: %s", c, r.Failures)
+		}
+		counts, ok := h.waitDelivered(ctx, res, res.Phase)
+		prof.Wait()
+		if ok && c == concurrencies[len(concurrencies)-1] && r.OK > 0 {
+			span := time.Unix(0, counts.ReachedAt).Sub(r.Start)
+			res.DeliveryRate = float64(r.OK) / span.Seconds()
+		}
+	}
+}
+
+func (h *harness) latencyPhases(ctx context.Context, res *results, client *http.Client, url string) {
+	rates := []struct {
+		label string
+		rate  float64
+	}{{"1k/s", latencyRate}}
+	top := res.Emits[concurrencies[len(concurrencies)-1]].Rate()
+	if top > 0 {
+		rates = append(rates, struct {
+			label string
+			rate  float64
+		}{fmt.Sprintf("80%% of max (%.0f/s)", 0.8*top), 0.8 * top})
+	}
+	for _, r := range rates {
+		if !h.alive(res) || ctx.Err() != nil {
+			return
+		}
+		res.Phase = "latency " + r.label
+		h.logf("sidecar: emit→delivery latency, open loop at %.0f/s for %s", r.rate, h.opt.LatencyTime)
+		p := newPoster(client, url)
+		o := openLoop(ctx, p, &h.seqs, r.rate, h.opt.LatencyTime, openLoopWorkers, &h.acked)
+		h.nAck.Add(o.OK)
+		lr := latencyResult{Label: r.label, Offered: r.rate, Sent: o.Count, OK: o.OK, Late: o.Late, Failures: o.Failures}
+		if o.Failures != "" {
+			res.errorf("latency %s: %s", r.label, o.Failures)
+		}
+		h.waitDelivered(ctx, res, res.Phase)
+		arr, err := h.sub.Arrivals(ctx, o.Base, o.Base+o.Count)
+		if err != nil {
+			res.errorf("latency %s: %v", r.label, err)
+			continue
+		}
+		var deliv, ack []time.Duration
+		for i, at := range arr {
+			seq := o.Base + int64(i)
+			sched := o.Scheduled(seq).UnixNano()
+			if at > 0 {
+				deliv = append(deliv, time.Duration(at-sched))
+			}
+			if a := h.acked.Get(seq); a > 0 {
+				ack = append(ack, time.Duration(a-sched))
+			}
+		}
+		lr.Delivered = len(deliv)
+		lr.Delivery = summarize(deliv)
+		lr.Ack = summarize(ack)
+		res.Latency = append(res.Latency, lr)
+	}
+}
+
+// backlogPhase pauses the subscription, emits the backlog, reads the
+// sidecar's memory with it all held, then activates and times the drain.
+func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.Client, url string) {
+	res.Phase = "backlog"
+	if err := h.car.Pause(ctx, h.subID); err != nil {
+		res.errorf("backlog: %v", err)
+		return
+	}
+	res.PeakIsHWM = h.car.ResetPeak() == nil
+	if !res.PeakIsHWM {
+		res.notef("VmHWM could not be reset; peak RSS is the highest sampled VmRSS (every 100 ms)")
+	}
+	mem := sampleMem(h.car, 100*time.Millisecond, res.PeakIsHWM)
+	defer mem.Stop()
+
+	h.logf("sidecar: subscription paused; emitting a backlog of %d at c=%d", h.opt.Backlog, backlogConcurrency)
+	// Bounded even on a very slow sidecar: 1 M at 500/s is 33 min.
+	limit := time.Duration(h.opt.Backlog)*2*time.Millisecond + 10*time.Second
+	r := h.emit(ctx, client, url, backlogConcurrency, h.opt.Backlog, limit)
+	res.BacklogN = r.OK
+	if r.Failures != "" {
+		res.errorf("backlog emit: %s", r.Failures)
+	}
+	h.logf("sidecar: backlog of %d emitted in %s (%.0f/s)", r.OK, r.Elapsed.Round(time.Millisecond), r.Rate())
+	if st, err := h.car.Stats(ctx); err == nil {
+		res.BacklogHeld = st.Deliveries.Held + st.Deliveries.Pending + st.Deliveries.Scheduled
+	} else {
+		res.errorf("backlog: %v", err)
+	}
+	if m, err := h.car.Mem(); err == nil {
+		res.BacklogRSS = m.RSS
+	}
+	if h.opt.PprofDir != "" {
+		h.profile(ctx, res, "heap", 0, "heap-backlog.pprof")
+	}
+	if !h.alive(res) {
+		return
+	}
+	counts, err := h.sub.Counts(ctx)
+	if err == nil && counts.Distinct > h.nAck.Load()-r.OK {
+		res.errorf("backlog: the subscriber received %d events while the subscription was paused",
+			counts.Distinct-(h.nAck.Load()-r.OK))
+	}
+
+	res.Phase = "drain"
+	h.logf("sidecar: activating; timing the drain of %d", r.OK)
+	var prof sync.WaitGroup
+	if h.opt.PprofDir != "" {
+		prof.Go(func() { h.profile(ctx, res, "profile", 10, "cpu-drain.pprof") })
+	}
+	t0 := time.Now()
+	if err := h.car.Activate(ctx, h.subID); err != nil {
+		res.errorf("drain: %v", err)
+		prof.Wait()
+		return
+	}
+	c, ok := h.waitDelivered(ctx, res, "drain")
+	prof.Wait()
+	res.PeakRSS = mem.Stop()
+	if ok {
+		res.DrainComplete = true
+		res.DrainTime = time.Unix(0, c.ReachedAt).Sub(t0)
+		res.DrainRate = float64(r.OK) / res.DrainTime.Seconds()
+	}
+}
+
+func (h *harness) profile(ctx context.Context, res *results, kind string, seconds int, name string) {
+	if err := os.MkdirAll(h.opt.PprofDir, 0o755); err != nil {
+		res.errorf("pprof dir: %v", err)
+		return
+	}
+	path := filepath.Join(h.opt.PprofDir, name)
+	if err := h.car.Profile(ctx, kind, seconds, path); err != nil {
+		res.errorf("pprof: %v", err)
+		return
+	}
+	res.Profiles = append(res.Profiles, path)
+}
+
+// settle builds the ledger: every acknowledged sequence number against the
+// subscriber's first arrivals, and the sidecar's own undelivered count.
+func (h *harness) settle(ctx context.Context, res *results) {
+	if h.car == nil || h.nAck.Load() == 0 {
+		if h.car != nil {
+			res.errorf("ledger: the sidecar acknowledged no emit")
+		}
+		return
+	}
+	res.Phase = "ledger"
+	if h.car.Alive() {
+		h.waitDelivered(ctx, res, "ledger")
+	}
+	l := ledger{Undelivered: -1}
+	last := h.seqs.next.Load()
+	const page = 1 << 20
+	for from := int64(1); from <= last; from += page {
+		to := min(from+page, last+1)
+		arr, err := h.sub.Arrivals(ctx, from, to)
+		if err != nil {
+			res.errorf("ledger: %v", err)
+			return
+		}
+		for i, at := range arr {
+			acked := h.acked.Get(from+int64(i)) > 0
+			switch {
+			case acked && at > 0:
+				l.Delivered++
+			case acked:
+				l.Missing++
+			case at > 0:
+				l.Unacked++
+			}
+			if acked {
+				l.Sent++
+			}
+		}
+	}
+	if c, err := h.sub.Counts(ctx); err == nil {
+		l.Duplicates = c.Hooks - c.Unknown - c.Distinct
+		if c.Unknown > 0 {
+			res.errorf("ledger: the subscriber received %d bodies without a sequence number", c.Unknown)
+		}
+	}
+	if h.car.Alive() {
+		if st, err := h.car.Stats(ctx); err == nil {
+			l.Undelivered = st.Undelivered()
+		} else {
+			res.errorf("ledger: %v", err)
+		}
+	}
+	res.Ledger, res.Ledgered = l, true
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// report is the rendered results.
+type report struct {
+	text, markdown string
+}
+
+// rows turns results into the table, with targets where the issue sets one.
+func (h *harness) rows(res *results) []row {
+	var rows []row
+	for _, c := range concurrencies {
+		rows = append(rows, row{Figure: fmt.Sprintf("ceiling: bare POST c=%d", c), Value: perSec(res.PostCeiling[c])})
+	}
+	rows = append(rows, row{Figure: "ceiling: bare Badger SyncWrites, 1 txn/event, 64 goroutines", Value: perSec(res.BadgerCeiling)})
+
+	top := concurrencies[len(concurrencies)-1]
+	ceil := res.PostCeiling[top]
+	for _, c := range concurrencies {
+		e, ok := res.Emits[c]
+		if !ok {
+			continue
+		}
+		r := row{Figure: fmt.Sprintf("durable emits/s c=%d", c), Value: perSec(e.Rate()),
+			Ceiling: perSec(res.PostCeiling[c]), Ratio: ratio(e.Rate(), res.PostCeiling[c])}
+		if c == top {
+			r.Target = fmt.Sprintf("≥ %.1f× and ≥ %d/s", targetEmitRatio, targetEmitRate)
+			r.Result = verdict(e.Rate() >= targetEmitRatio*ceil && e.Rate() >= targetEmitRate)
+		}
+		rows = append(rows, r)
+	}
+	if e, ok := res.Emits[top]; ok {
+		rows = append(rows, row{Figure: fmt.Sprintf("durable emits/s c=%d vs bare Badger", top), Value: perSec(e.Rate()),
+			Ceiling: perSec(res.BadgerCeiling), Ratio: ratio(e.Rate(), res.BadgerCeiling)})
+		r := row{Figure: fmt.Sprintf("deliveries/s (c=%d phase, first emit → all delivered)", top),
+			Value: perSec(res.DeliveryRate), Ceiling: perSec(ceil), Ratio: ratio(res.DeliveryRate, ceil),
+			Target: fmt.Sprintf("≥ %.1f×", targetDeliveryRatio)}
+		r.Result = verdict(res.DeliveryRate > 0 && res.DeliveryRate >= targetDeliveryRatio*ceil)
+		rows = append(rows, r)
+	}
+	for _, l := range res.Latency {
+		d := l.Delivery
+		if d.N == 0 {
+			rows = append(rows, row{Figure: "emit→delivery @" + l.Label, Value: "nothing delivered", Result: "miss"})
+			continue
+		}
+		rows = append(rows, row{Figure: "emit→delivery p50 @" + l.Label, Value: ms(d.P50)})
+		p99 := row{Figure: "emit→delivery p99 @" + l.Label, Value: ms(d.P99)}
+		if l.Offered == latencyRate {
+			p99.Target = "≤ " + ms(targetP99)
+			p99.Result = verdict(d.P99 <= targetP99 && int64(d.N) == l.Sent)
+		}
+		rows = append(rows, p99,
+			row{Figure: "emit→delivery max @" + l.Label, Value: ms(d.Max)},
+			row{Figure: "emit→2xx p99 @" + l.Label, Value: ms(l.Ack.P99)})
+	}
+	if res.BacklogN > 0 {
+		full := res.BacklogN >= targetBacklog
+		assert := func(r row, ok bool) row {
+			if full {
+				r.Result = verdict(ok)
+			} else {
+				r.Target += fmt.Sprintf(" (at %d; backlog here %d)", targetBacklog, res.BacklogN)
+			}
+			return r
+		}
+		rows = append(rows,
+			row{Figure: fmt.Sprintf("RSS with %d deliveries held", res.BacklogN), Value: mib(res.BacklogRSS)},
+			assert(row{Figure: "peak RSS (fill, hold, drain)", Value: mib(res.PeakRSS), Target: "≤ " + mib(targetRSS)},
+				res.PeakRSS > 0 && res.PeakRSS <= targetRSS))
+		if res.DrainComplete {
+			rows = append(rows,
+				row{Figure: fmt.Sprintf("drain time of %d after activate", res.BacklogN), Value: fmt.Sprintf("%.2f s", res.DrainTime.Seconds())},
+				assert(row{Figure: "drain rate", Value: perSec(res.DrainRate), Ceiling: perSec(ceil), Ratio: ratio(res.DrainRate, ceil),
+					Target: fmt.Sprintf("≥ %.1f×", targetDeliveryRatio)}, res.DrainRate >= targetDeliveryRatio*ceil))
+		} else {
+			rows = append(rows, row{Figure: "drain", Value: "incomplete", Result: "miss"})
+		}
+	}
+	if res.Ledgered {
+		v := "balanced"
+		if !res.Ledger.Balanced() {
+			v = "VOID"
+		}
+		rows = append(rows, row{Figure: "ledger sent = delivered + missing",
+			Value: fmt.Sprintf("%d = %d + %d", res.Ledger.Sent, res.Ledger.Delivered, res.Ledger.Missing), Result: v})
+	}
+	return rows
+}
+
+// render prints the header, table, ledger, notes and method.
+func (h *harness) render(res *results) report {
+	rows := h.rows(res)
+	cmd := "go run ./bench"
+	if len(h.args) > 0 {
+		cmd += " " + strings.Join(h.args, " ")
+	}
+	var status string
+	switch {
+	case !res.Ledgered:
+		status = "INCOMPLETE: the sidecar was not measured end to end (see errors)"
+	case !res.Ledger.Balanced():
+		status = "VOID: the ledger does not balance"
+	case h.opt.Quick:
+		status = "smoke run (-quick): targets shown, not asserted"
+	default:
+		status = "complete"
+	}
+	machine := machineInfo()
+
+	var md strings.Builder
+	md.WriteString("# caddy-webhooks benchmark results\n\n")
+	fmt.Fprintf(&md, "- command: `%s`\n", cmd)
+	fmt.Fprintf(&md, "- date: %s (took %s)\n", res.Start.UTC().Format(time.RFC3339), time.Since(res.Start).Round(time.Second))
+	fmt.Fprintf(&md, "- machine: %s\n", machine)
+	fmt.Fprintf(&md, "- Go: %s\n", runtime.Version())
+	if res.Binary != "" {
+		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d\n",
+			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight)
+	}
+	fmt.Fprintf(&md, "- status: **%s**\n\n", status)
+	md.WriteString(markdownTable(rows))
+	if res.Ledgered {
+		fmt.Fprintf(&md, "\nLedger: %s\n", res.Ledger)
+	}
+	for _, l := range res.Latency {
+		fmt.Fprintf(&md, "\nOpen loop @%s: %d scheduled, %d answered 2xx, %d delivered, %d left the harness >1 ms late.\n",
+			l.Label, l.Sent, l.OK, l.Delivered, l.Late)
+	}
+	if len(res.Notes) > 0 {
+		md.WriteString("\nNotes:\n\n")
+		for _, n := range res.Notes {
+			fmt.Fprintf(&md, "- %s\n", n)
+		}
+	}
+	if len(res.Profiles) > 0 {
+		md.WriteString("\nProfiles (`go tool pprof -top <binary> <file>`):\n\n")
+		for _, p := range res.Profiles {
+			fmt.Fprintf(&md, "- %s\n", p)
+		}
+	}
+	if len(res.Errors) > 0 {
+		md.WriteString("\nErrors:\n\n```\n")
+		for _, e := range res.Errors {
+			md.WriteString(e + "\n")
+		}
+		md.WriteString("```\n")
+	}
+	md.WriteString(method)
+
+	var txt strings.Builder
+	fmt.Fprintf(&txt, "caddy-webhooks bench: %s\n%s | %s | %s\n\n", status, cmd, machine, runtime.Version())
+	txt.WriteString(textTable(rows))
+	if res.Ledgered {
+		fmt.Fprintf(&txt, "\nledger: %s\n", res.Ledger)
+	}
+	for _, e := range res.Errors {
+		fmt.Fprintf(&txt, "error: %s\n", e)
+	}
+	return report{text: txt.String(), markdown: md.String()}
+}
+
+const method = `
+## Method
+
+All traffic is on 127.0.0.1. Three processes: the harness (load generator and
+ceiling client), the fast subscriber (the harness binary re-executed, so its
+request handling does not share a Go runtime with the load generator; it
+answers 200 at once and records the first arrival time of each event, found by
+the ` + "`\"seq\"`" + ` number inside the 1 KiB body), and the sidecar (the built Caddy
+binary with its own temp storage, one subscription to the subscriber created
+through the admin API).
+
+- Ceilings are measured first, while the sidecar is not running: the same
+  keep-alive Go client POSTs the same 1 KiB JSON to the subscriber at the same
+  concurrency (closed loop); Badger v4 commits one 1 KiB value per
+  transaction with SyncWrites from 64 goroutines in a temp dir.
+- Durable emits/s: closed loop, 2xx answers per second, each phase bounded by
+  ` + "`-n`" + ` and ` + "`-phase-time`" + `.
+- Deliveries/s: the events of the top-concurrency emit phase divided by the time from
+  its first emit to the subscriber's receipt of the last of them.
+- Latency: open loop at a fixed rate; each event's latency runs from its
+  *scheduled* send time to its first arrival at the subscriber (same machine
+  clock), so a stalled harness or sidecar is counted, not hidden.
+- Backlog: the subscription is paused, VmHWM reset (` + "`/proc/<pid>/clear_refs`" + `),
+  the backlog emitted at c=128, memory sampled every 100 ms through fill,
+  hold and drain; then activate, and the drain is timed until the subscriber
+  has every event.
+- Ledger: every sequence number the sidecar answered 2xx for is checked
+  against the subscriber's arrivals; those missing must equal what the
+  sidecar's ` + "`/webhooks/stats`" + ` still counts as undelivered, or the run is void.
+- The machine is shared; numbers from one run are noisy. Compare ratios,
+  which come from the same run.
+`
+
+func relTo(root, p string) string {
+	if r, ok := strings.CutPrefix(p, root+"/"); ok {
+		return r
+	}
+	return p
+}
+
+// gitCommit names the checked-out commit, "unknown" outside git.
+func gitCommit(root string) string {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// machineInfo is "N CPUs (model), M GiB RAM, load a b c".
+func machineInfo() string {
+	model := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	mem := "unknown"
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+				var kb int64
+				if _, err := fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(v), " kB"), &kb); err == nil {
+					mem = fmt.Sprintf("%.1f GiB RAM", float64(kb)/(1<<20))
+				}
+				break
+			}
+		}
+		f.Close()
+	}
+	load := ""
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			load = fmt.Sprintf(", load average at the end %s %s %s", f[0], f[1], f[2])
+		}
+	}
+	return fmt.Sprintf("%d CPUs (%s), %s, %s/%s%s", runtime.NumCPU(), model, mem, runtime.GOOS, runtime.GOARCH, load)
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
+// sorted, or 0 when it is empty.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = max(rank, 1)
+	rank = min(rank, len(sorted))
+	return sorted[rank-1]
+}
+
+// latencySummary is p50/p99/max of one set of samples.
+type latencySummary struct {
+	N             int
+	P50, P99, Max time.Duration
+}
+
+// summarize sorts samples in place and summarizes them.
+func summarize(samples []time.Duration) latencySummary {
+	slices.Sort(samples)
+	s := latencySummary{N: len(samples)}
+	if len(samples) > 0 {
+		s.P50 = percentile(samples, 50)
+		s.P99 = percentile(samples, 99)
+		s.Max = samples[len(samples)-1]
+	}
+	return s
+}
+
+// ledger accounts for every event the sidecar acknowledged with a 2xx.
+type ledger struct {
+	Sent      int64 // emits answered 2xx
+	Delivered int64 // of those, received by the subscriber (distinct)
+	Missing   int64 // of those, never received
+	// Unacked counts events the subscriber received although their emit did
+	// not get a 2xx (client error after the commit). Not an error.
+	Unacked int64
+	// Duplicates are repeated receipts of the same event (at-least-once).
+	Duplicates int64
+	// Undelivered is what the sidecar itself reports as not yet delivered
+	// (pending+scheduled+held+failed from /webhooks/stats); -1 when unknown.
+	Undelivered int64
+}
+
+// Balanced reports whether every acknowledged event is accounted for: either
+// received, or still held by the sidecar as not delivered. Without the
+// sidecar's own count, only a complete delivery balances.
+func (l ledger) Balanced() bool {
+	if l.Delivered+l.Missing != l.Sent {
+		return false
+	}
+	if l.Undelivered < 0 {
+		return l.Missing == 0
+	}
+	return l.Missing == l.Undelivered
+}
+
+func (l ledger) String() string {
+	verdict := "balanced"
+	if !l.Balanced() {
+		verdict = "DOES NOT BALANCE: run void"
+	}
+	side := "unknown"
+	if l.Undelivered >= 0 {
+		side = strconv.FormatInt(l.Undelivered, 10)
+	}
+	return fmt.Sprintf("sent(2xx) %d = delivered %d + missing %d (sidecar reports %s undelivered); "+
+		"duplicates %d, delivered without 2xx %d: %s",
+		l.Sent, l.Delivered, l.Missing, side, l.Duplicates, l.Unacked, verdict)
+}
+
+// memStatus is what the harness reads from /proc/<pid>/status, in bytes.
+type memStatus struct {
+	RSS, HWM int64
+}
+
+// parseProcStatus reads VmRSS and VmHWM from the text of /proc/<pid>/status.
+func parseProcStatus(r io.Reader) (memStatus, error) {
+	var m memStatus
+	var seen int
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (key != "VmRSS" && key != "VmHWM") {
+			continue
+		}
+		fields := strings.Fields(val)
+		if len(fields) != 2 || fields[1] != "kB" {
+			return m, fmt.Errorf("parse %s: unexpected value %q", key, val)
+		}
+		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return m, fmt.Errorf("parse %s: %w", key, err)
+		}
+		if key == "VmRSS" {
+			m.RSS = kb << 10
+		} else {
+			m.HWM = kb << 10
+		}
+		seen++
+	}
+	if err := sc.Err(); err != nil {
+		return m, fmt.Errorf("read proc status: %w", err)
+	}
+	if seen < 2 {
+		return m, fmt.Errorf("proc status: VmRSS or VmHWM missing")
+	}
+	return m, nil
+}
+
+// row is one line of the results table.
+type row struct {
+	Figure  string
+	Value   string
+	Ceiling string
+	Ratio   string
+	Target  string
+	Result  string // "pass", "miss", or "" for information only
+}
+
+// verdict turns a comparison into the table's pass/miss word.
+func verdict(ok bool) string {
+	if ok {
+		return "pass"
+	}
+	return "miss"
+}
+
+// ratio formats a/b, or "—" when either is unknown.
+func ratio(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+// perSec formats a rate.
+func perSec(v float64) string {
+	if v <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f/s", v)
+}
+
+// ms formats a duration in milliseconds.
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+}
+
+// mib formats bytes in MiB.
+func mib(b int64) string {
+	if b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+}
+
+// markdownTable renders rows as a GitHub-flavoured Markdown table.
+func markdownTable(rows []row) string {
+	var b strings.Builder
+	b.WriteString("| figure | value | ceiling | ratio | target | result |\n")
+	b.WriteString("|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n",
+			r.Figure, dash(r.Value), dash(r.Ceiling), dash(r.Ratio), dash(r.Target), dash(r.Result))
+	}
+	return b.String()
+}
+
+// textTable renders rows as aligned plain text for the terminal.
+func textTable(rows []row) string {
+	head := row{"figure", "value", "ceiling", "ratio", "target", "result"}
+	all := append([]row{head}, rows...)
+	var w [6]int
+	cells := func(r row) [6]string {
+		return [6]string{r.Figure, dash(r.Value), dash(r.Ceiling), dash(r.Ratio), dash(r.Target), dash(r.Result)}
+	}
+	for _, r := range all {
+		for i, c := range cells(r) {
+			w[i] = max(w[i], len([]rune(c)))
+		}
+	}
+	var b strings.Builder
+	for _, r := range all {
+		for i, c := range cells(r) {
+			b.WriteString(c)
+			if i < 5 {
+				b.WriteString(strings.Repeat(" ", w[i]-len([]rune(c))+2))
+			}
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
+}
