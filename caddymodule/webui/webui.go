@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -38,15 +39,18 @@ type file struct {
 }
 
 // Handler serves the embedded page under Prefix. Only GET and HEAD are
-// answered; unknown names are 404.
-func Handler() http.Handler {
+// answered; unknown names are 404. Every call returns the same handler, so
+// calling it per request is cheap.
+func Handler() http.Handler { return shared() }
+
+var shared = sync.OnceValue(func() *handler {
 	files, err := load()
 	if err != nil {
 		// The files are compiled in: failing here is a build defect.
 		panic(err)
 	}
 	return &handler{files: files}
-}
+})
 
 type handler struct {
 	files map[string]*file

@@ -335,6 +335,7 @@
     } finally {
       state.busy.delete(id);
       await refresh();
+      renderSubs();
     }
   }
 
@@ -412,7 +413,7 @@
       h('td', { class: 'nowrap' }, timeEl(f.time, 'failure-time')),
       h('td', {},
         h('code', { testid: 'failure-subscription' }, f.subscription_id),
-        f.url ? h('div', { class: 'small muted url', title: f.url }, f.url) : null),
+        f.url ? h('div', { class: 'small muted sub-url', title: f.url }, f.url) : null),
       h('td', {},
         h('div', { testid: 'failure-event-type' }, f.event_type),
         h('code', { class: 'small muted' }, f.event_id)),
