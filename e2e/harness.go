@@ -1177,13 +1177,9 @@ func Jaeger(t testing.TB) *JaegerProc {
 		if t.Failed() {
 			t.Logf("jaeger log tail:\n%s", tailString(j.Log(), 30))
 		}
-		pid := cmd.Process.Pid
-		syscall.Kill(pid, syscall.SIGTERM)
-		select {
-		case <-j.done:
-		case <-time.After(StopTimeout):
-		}
-		syscall.Kill(-pid, syscall.SIGKILL)
+		// Jaeger keeps traces in memory only and takes ~12 s to shut down
+		// gracefully: there is nothing to save, so kill it.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-j.done
 	})
 	client := &http.Client{Timeout: 2 * time.Second}

@@ -15,9 +15,6 @@ import (
 //   - 1 web_form.submitted to a dead port: 10 errors, paused.
 func TestMetrics(t *testing.T) {
 	cfg := NewConfig(t)
-	cfg.Retry = []time.Duration{20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond,
-		20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond,
-		20 * time.Millisecond, 20 * time.Millisecond}
 	c := StartConfig(t, cfg)
 	admin := c.Admin()
 	good, bad := NewSubscriber(t), NewSubscriber(t)
