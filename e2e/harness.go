@@ -332,7 +332,7 @@ func (c Config) Caddyfile() string {
 func indent(s, prefix string) string {
 	var b strings.Builder
 	for _, line := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
-		b.WriteString(prefix + strings.TrimLeft(line, " \t") + "\n")
+		b.WriteString(prefix + line + "\n")
 	}
 	return b.String()
 }
