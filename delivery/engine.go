@@ -6,10 +6,14 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
 	"github.com/caddy-webhooks/caddy-webhooks/policy"
@@ -19,19 +23,47 @@ import (
 // Version goes into the User-Agent: caddy-webhooks/<Version>.
 var Version = "0.1.0"
 
-// Config is the part of the configuration a reload may change.
+// Config is the part of the configuration a reload may change. Zero values
+// take the defaults.
 type Config struct {
-	PauseAfter    int             // default 10
-	Retry         []time.Duration // default policy.DefaultRetry
-	Jitter        float64         // default 0.2; tests set 0
-	Timeout       time.Duration   // default 15s
-	Workers       int             // attempts in flight, all subscriptions; default 64
-	MaxInFlight   int             // per subscription; default 8
-	AllowNetworks []netip.Prefix  // destinations allowed besides public ones
+	PauseAfter int             // default 10
+	Retry      []time.Duration // default policy.DefaultRetry
+	// Jitter is the ± fraction applied to each retry delay: 0 takes the
+	// default 0.2, a negative value disables jitter (tests).
+	Jitter        float64
+	Timeout       time.Duration  // default 15s
+	Workers       int            // attempts in flight, all subscriptions; default 64
+	MaxInFlight   int            // per subscription; default 8
+	AllowNetworks []netip.Prefix // destinations allowed besides public ones
 }
 
-// Observer receives what metrics and logs need. All methods must be cheap
-// and safe for concurrent use; nil fields of Hooks are skipped.
+// withDefaults fills the zero fields.
+func (c Config) withDefaults() Config {
+	if c.PauseAfter <= 0 {
+		c.PauseAfter = policy.DefaultPauseAfter
+	}
+	if len(c.Retry) == 0 {
+		c.Retry = policy.DefaultRetry
+	}
+	c.Retry = append([]time.Duration(nil), c.Retry...)
+	if c.Jitter == 0 {
+		c.Jitter = policy.DefaultJitter
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = policy.DefaultTimeout
+	}
+	if c.Workers <= 0 {
+		c.Workers = policy.DefaultWorkers
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = policy.DefaultMaxInFlight
+	}
+	c.AllowNetworks = append([]netip.Prefix(nil), c.AllowNetworks...)
+	return c
+}
+
+// Hooks receive what metrics and logs need. All functions must be cheap
+// and safe for concurrent use; nil fields are skipped.
 type Hooks struct {
 	// Attempt is called after each attempt: outcome is "success",
 	// "failure" or "error" (no HTTP response).
@@ -45,9 +77,12 @@ type Hooks struct {
 
 // Options are fixed for the life of an Engine.
 type Options struct {
-	Clock          policy.Clock        // default policy.SystemClock{}
-	TracerProvider trace.TracerProvider // default: a no-op provider (spans still get ids? no: pass an SDK provider)
-	Logger         *zap.Logger          // default zap.NewNop()
+	Clock policy.Clock // default policy.SystemClock{}
+	// TracerProvider makes the webhook.deliver spans. Default: a no-op
+	// provider, whose spans carry the event's stored trace context only;
+	// pass an SDK provider for real span and trace ids.
+	TracerProvider trace.TracerProvider
+	Logger         *zap.Logger // default zap.NewNop()
 	Hooks          Hooks
 	// Rand for jitter; nil: math/rand/v2.
 	Rand func() float64
@@ -63,50 +98,314 @@ type TestResult struct {
 	Error        string  `json:"error"`
 }
 
-// Engine is the dispatcher. One per store.
-type Engine struct{}
+// runtime is one configuration in force with what is built from it; it is
+// swapped whole by Update so an attempt sees one consistent set.
+type runtime struct {
+	cfg    Config
+	client *client
+	retry  policy.Retry
+}
 
-var errUnimplemented = errors.New("delivery: not implemented yet")
+// Engine is the dispatcher. One per store.
+type Engine struct {
+	store    *queue.Store
+	breakers *policy.Breakers
+	clock    policy.Clock
+	tracer   trace.Tracer
+	log      *zap.Logger
+	hooks    Hooks
+	rand     func() float64
+	grace    time.Duration
+	events   *eventCache
+
+	rt atomic.Pointer[runtime]
+
+	// mu guards the dispatch accounting and the worker pool size.
+	mu       sync.Mutex
+	busy     int            // attempts handed to workers and not yet finished
+	inflight map[string]int // the same, per subscription
+	known    map[string]bool
+	rr       int // round-robin start
+	workers  int // worker goroutines started
+	started  bool
+	stopped  bool
+
+	// outcomeMu orders breaker outcomes and their store updates, so the
+	// count persisted last is the breaker's latest one, and keeps admin
+	// state changes (activate, pause) from interleaving with them.
+	outcomeMu sync.Mutex
+
+	timerMu  sync.Mutex
+	timer    policy.Timer
+	timerAt  time.Time
+	timerGen uint64
+
+	wake     chan struct{} // capacity 1
+	work     chan task
+	stopping chan struct{} // closed by Stop: take nothing more
+	runCtx   context.Context
+	abort    context.CancelFunc // cancels attempts still in flight after the grace
+	attempts sync.WaitGroup     // attempts in flight
+	wg       sync.WaitGroup     // scheduler and workers
+}
+
+// task is one job handed to a worker, with the subscription as it was when
+// the job was taken and the breaker ticket that admitted it.
+type task struct {
+	job    queue.Job
+	sub    queue.Subscription
+	ticket policy.Ticket
+}
 
 // New builds an engine over an open store. It loads every subscription's
 // persisted breaker state. Call Start to begin dispatching.
 func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
-	return nil, errUnimplemented
+	if store == nil {
+		return nil, errors.New("new delivery engine: store is nil")
+	}
+	if opts.Clock == nil {
+		opts.Clock = policy.SystemClock{}
+	}
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = noop.NewTracerProvider()
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Grace <= 0 {
+		opts.Grace = 10 * time.Second
+	}
+	cfg = cfg.withDefaults()
+	runCtx, abort := context.WithCancel(context.Background())
+	e := &Engine{
+		store:    store,
+		breakers: policy.NewBreakers(cfg.PauseAfter, opts.Clock),
+		clock:    opts.Clock,
+		tracer:   opts.TracerProvider.Tracer(tracerName),
+		log:      opts.Logger,
+		hooks:    opts.Hooks,
+		rand:     opts.Rand,
+		grace:    opts.Grace,
+		events:   newEventCache(eventCacheEntries, eventCacheBytes),
+		inflight: make(map[string]int),
+		known:    make(map[string]bool),
+		wake:     make(chan struct{}, 1),
+		work:     make(chan task),
+		stopping: make(chan struct{}),
+		runCtx:   runCtx,
+		abort:    abort,
+	}
+	e.rt.Store(e.newRuntime(cfg))
+	for _, s := range store.Subscriptions() {
+		e.breakers.Load(s.ID, s.ConsecutiveFailures, s.State == queue.StatePaused)
+		e.known[s.ID] = true
+	}
+	return e, nil
+}
+
+func (e *Engine) newRuntime(cfg Config) *runtime {
+	return &runtime{
+		cfg:    cfg,
+		client: newClient(cfg),
+		retry:  policy.Retry{Delays: cfg.Retry, Jitter: max(cfg.Jitter, 0), Rand: e.rand},
+	}
 }
 
 // Start begins taking and sending work. Its goroutines stop in Stop.
-func (e *Engine) Start() {}
+func (e *Engine) Start() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started || e.stopped {
+		return
+	}
+	e.started = true
+	e.growPoolLocked(e.rt.Load().cfg.Workers)
+	e.wg.Add(1)
+	go e.schedule()
+}
+
+// growPoolLocked starts workers up to n. The pool never shrinks: a smaller
+// Workers setting is enforced by the dispatcher, idle workers cost nothing.
+func (e *Engine) growPoolLocked(n int) {
+	for ; e.workers < n; e.workers++ {
+		e.wg.Add(1)
+		go e.worker()
+	}
+}
 
 // Stop stops taking work and waits for attempts in flight up to the grace
-// period or ctx, then flushes recorded outcomes. It does not close the store.
-func (e *Engine) Stop(ctx context.Context) error { return errUnimplemented }
+// period or ctx, then flushes recorded outcomes. It does not close the
+// store. Attempts still running after the grace are cancelled and their
+// deliveries given back untouched, so they are sent again (same webhook-id)
+// by the next engine.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	if e.stopped {
+		e.mu.Unlock()
+		return nil
+	}
+	e.stopped = true
+	e.mu.Unlock()
+	close(e.stopping)
+
+	done := make(chan struct{})
+	go func() {
+		e.attempts.Wait()
+		close(done)
+	}()
+	grace := e.clockFreeTimer(e.grace)
+	var errs []error
+	select {
+	case <-done:
+	case <-grace.C:
+		errs = append(errs, fmt.Errorf("stop delivery engine: attempts still in flight after the %s grace were cancelled", e.grace))
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("stop delivery engine: attempts still in flight were cancelled: %w", ctx.Err()))
+	}
+	grace.Stop()
+	e.abort()
+	<-done
+	e.wg.Wait()
+
+	e.timerMu.Lock()
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+	e.timerGen++
+	e.timerMu.Unlock()
+	e.rt.Load().client.closeIdle()
+
+	fctx := ctx
+	if ctx.Err() != nil {
+		// Outcomes already queued are worth a last short wait even when
+		// the caller's deadline is gone: losing them means duplicates.
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+	}
+	if err := e.store.Flush(fctx); err != nil {
+		errs = append(errs, fmt.Errorf("stop delivery engine: flush outcomes: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// clockFreeTimer is the grace timer of Stop. It runs on real time even with
+// a fake clock: it bounds a real wait for real HTTP requests.
+func (e *Engine) clockFreeTimer(d time.Duration) *time.Timer { return time.NewTimer(d) }
 
 // Update pushes a new configuration into the running engine (config reload).
-func (e *Engine) Update(cfg Config) {}
+// Attempts in flight finish with the configuration they started with.
+func (e *Engine) Update(cfg Config) {
+	cfg = cfg.withDefaults()
+	old := e.rt.Swap(e.newRuntime(cfg))
+	e.breakers.SetPauseAfter(cfg.PauseAfter)
+	old.client.closeIdle()
+	e.mu.Lock()
+	if e.started && !e.stopped {
+		e.growPoolLocked(cfg.Workers)
+	}
+	e.mu.Unlock()
+	e.Kick()
+}
 
 // Config returns the configuration in force.
-func (e *Engine) Config() Config { return Config{} }
+func (e *Engine) Config() Config {
+	c := e.rt.Load().cfg
+	c.Retry = append([]time.Duration(nil), c.Retry...)
+	c.AllowNetworks = append([]netip.Prefix(nil), c.AllowNetworks...)
+	return c
+}
 
 // SubscriptionChanged must be called after a subscription was created,
-// changed or deleted in the store, so the engine picks it up.
-func (e *Engine) SubscriptionChanged(id string) {}
+// changed or deleted in the store, so the engine picks it up. A changed
+// subscription keeps its breaker: its url, headers and secrets are read
+// from the store at every dispatch.
+func (e *Engine) SubscriptionChanged(id string) {
+	sub, err := e.store.Subscription(id)
+	e.mu.Lock()
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		if e.known[id] {
+			delete(e.known, id)
+			e.breakers.Remove(id)
+		}
+	case err == nil && !e.known[id]:
+		e.known[id] = true
+		e.breakers.Load(id, sub.ConsecutiveFailures, sub.State == queue.StatePaused)
+	}
+	e.mu.Unlock()
+	e.Kick()
+}
 
 // Activate sets the subscription active with a count of 0 and releases its
 // held and scheduled deliveries (or drops them when discard).
 func (e *Engine) Activate(ctx context.Context, id string, discard bool) (queue.Subscription, error) {
-	return queue.Subscription{}, errUnimplemented
+	if _, err := e.store.Subscription(id); err != nil {
+		return queue.Subscription{}, fmt.Errorf("activate subscription %s: %w", id, err)
+	}
+	e.ensureKnown(id)
+	e.outcomeMu.Lock()
+	sub, err := e.store.SetState(ctx, id, queue.StateActive, 0)
+	if err == nil {
+		e.breakers.Reset(id)
+	}
+	e.outcomeMu.Unlock()
+	if err != nil {
+		return queue.Subscription{}, fmt.Errorf("activate subscription %s: %w", id, err)
+	}
+	if discard {
+		if _, err := e.store.Drop(ctx, id); err != nil {
+			return sub, fmt.Errorf("activate subscription %s: drop its deliveries: %w", id, err)
+		}
+	} else if err := e.store.Release(ctx, id); err != nil {
+		return sub, fmt.Errorf("activate subscription %s: release its deliveries: %w", id, err)
+	}
+	e.Kick()
+	if e.hooks.Activated != nil {
+		e.hooks.Activated(sub)
+	}
+	return sub, nil
 }
 
-// Pause pauses a subscription by hand.
+// Pause pauses a subscription by hand. Attempts in flight finish; no new
+// one starts.
 func (e *Engine) Pause(ctx context.Context, id string) (queue.Subscription, error) {
-	return queue.Subscription{}, errUnimplemented
-}
-
-// Test sends a signed webhook.test event now, waits for it and reports; it
-// changes neither the failure count nor the state, and is not queued.
-func (e *Engine) Test(ctx context.Context, id string) (TestResult, error) {
-	return TestResult{}, errUnimplemented
+	if _, err := e.store.Subscription(id); err != nil {
+		return queue.Subscription{}, fmt.Errorf("pause subscription %s: %w", id, err)
+	}
+	e.ensureKnown(id)
+	e.outcomeMu.Lock()
+	defer e.outcomeMu.Unlock()
+	// The breaker first, so no attempt starts while the state is written.
+	e.breakers.Pause(id)
+	sub, err := e.store.SetState(ctx, id, queue.StatePaused, e.breakers.Failures(id))
+	if err != nil {
+		return queue.Subscription{}, fmt.Errorf("pause subscription %s: %w", id, err)
+	}
+	return sub, nil
 }
 
 // Kick wakes the dispatcher (after a redeliver or release done elsewhere).
-func (e *Engine) Kick() {}
+func (e *Engine) Kick() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ensureKnown loads the persisted breaker state of a subscription the engine
+// has not seen yet (created without SubscriptionChanged).
+func (e *Engine) ensureKnown(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.known[id] {
+		return
+	}
+	sub, err := e.store.Subscription(id)
+	if err != nil {
+		return
+	}
+	e.known[id] = true
+	e.breakers.Load(id, sub.ConsecutiveFailures, sub.State == queue.StatePaused)
+}

@@ -1,0 +1,187 @@
+package delivery
+
+import (
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-webhooks/caddy-webhooks/queue"
+)
+
+// schedule is the one scheduler goroutine. It runs a dispatch pass at start
+// and whenever something may have made work startable: a commit that made a
+// delivery due (store.Notify), the timer of the earliest known future due
+// time, an attempt that finished (capacity freed), or Kick.
+func (e *Engine) schedule() {
+	defer e.wg.Done()
+	notify := e.store.Notify()
+	for {
+		e.dispatch()
+		select {
+		case <-e.stopping:
+			return
+		case <-notify:
+		case <-e.wake:
+		}
+	}
+}
+
+// dispatch hands as much due work to the workers as the limits allow. Each
+// subscription gets at most min(free workers, MaxInFlight − its attempts in
+// flight) jobs, further bounded by its breaker (failures + in flight stay
+// below PauseAfter). The starting subscription rotates on every pass, so a
+// subscription with a huge backlog cannot starve the others.
+func (e *Engine) dispatch() {
+	rt := e.rt.Load()
+	subs := e.store.Subscriptions()
+	if len(subs) == 0 {
+		return
+	}
+	now := e.clock.Now()
+
+	e.mu.Lock()
+	free := rt.cfg.Workers - e.busy
+	start := e.rr % len(subs)
+	e.rr++
+	e.mu.Unlock()
+
+	var earliest time.Time
+	for i := 0; i < len(subs) && free > 0; i++ {
+		select {
+		case <-e.stopping:
+			return
+		default:
+		}
+		sub := subs[(start+i)%len(subs)]
+		e.ensureKnown(sub.ID)
+		if e.breakers.Paused(sub.ID) {
+			continue
+		}
+		e.mu.Lock()
+		n := min(free, rt.cfg.MaxInFlight-e.inflight[sub.ID])
+		e.mu.Unlock()
+		// The breaker admits attempts one by one below; bounding the take
+		// by it too avoids taking jobs only to give them back. With nothing
+		// in flight it admits one even past a lowered threshold.
+		flying := e.breakers.InFlight(sub.ID)
+		room := e.breakers.PauseAfter() - e.breakers.Failures(sub.ID) - flying
+		if flying == 0 {
+			room = max(room, 1)
+		}
+		n = min(n, room)
+		if n <= 0 {
+			continue
+		}
+		jobs, next, err := e.store.Take(sub.ID, n, now)
+		if err != nil {
+			if errors.Is(err, queue.ErrClosed) {
+				return
+			}
+			e.log.Error("take due deliveries", zap.String("subscription", sub.ID), zap.Error(err))
+			continue
+		}
+		if next.After(now) && (earliest.IsZero() || next.Before(earliest)) {
+			earliest = next
+		}
+		for _, job := range jobs {
+			ticket, ok := e.breakers.Start(sub.ID)
+			if !ok {
+				// Paused (or at its threshold) since the take.
+				e.store.Hold(job)
+				continue
+			}
+			if !e.handOut(task{job: job, sub: sub, ticket: ticket}) {
+				e.store.Hold(job)
+				return
+			}
+			free--
+		}
+	}
+	e.noteDue(earliest)
+}
+
+// handOut counts the task in flight and gives it to a worker. It returns
+// false (nothing counted) when the engine is stopping.
+func (e *Engine) handOut(t task) bool {
+	e.mu.Lock()
+	if e.stopped {
+		e.mu.Unlock()
+		return false
+	}
+	e.busy++
+	e.inflight[t.sub.ID]++
+	e.attempts.Add(1)
+	e.mu.Unlock()
+	select {
+	case e.work <- t:
+		return true
+	case <-e.stopping:
+		e.finished(t.sub.ID)
+		return false
+	}
+}
+
+// finished ends the accounting of one task and wakes the dispatcher: a
+// worker slot and a slot of the subscription are free again.
+func (e *Engine) finished(subID string) {
+	e.mu.Lock()
+	e.busy--
+	if e.inflight[subID]--; e.inflight[subID] <= 0 {
+		delete(e.inflight, subID)
+	}
+	e.mu.Unlock()
+	e.attempts.Done()
+	e.Kick()
+}
+
+// worker runs attempts handed out by dispatch until Stop.
+func (e *Engine) worker() {
+	defer e.wg.Done()
+	for {
+		select {
+		case t := <-e.work:
+			e.deliver(t)
+			e.finished(t.sub.ID)
+		case <-e.stopping:
+			return
+		}
+	}
+}
+
+// noteDue makes sure the dispatcher wakes at at (zero: nothing to do). One
+// timer is kept, for the earliest time asked for.
+func (e *Engine) noteDue(at time.Time) {
+	if at.IsZero() {
+		return
+	}
+	now := e.clock.Now()
+	if !at.After(now) {
+		e.Kick()
+		return
+	}
+	e.timerMu.Lock()
+	defer e.timerMu.Unlock()
+	if e.timer != nil && !at.Before(e.timerAt) {
+		return
+	}
+	select {
+	case <-e.stopping:
+		return
+	default:
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.timerGen++
+	gen := e.timerGen
+	e.timerAt = at
+	e.timer = e.clock.AfterFunc(at.Sub(now), func() {
+		e.timerMu.Lock()
+		if e.timerGen == gen {
+			e.timer = nil
+		}
+		e.timerMu.Unlock()
+		e.Kick()
+	})
+}

@@ -1,0 +1,316 @@
+package delivery_test
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/caddy-webhooks/caddy-webhooks/delivery"
+	"github.com/caddy-webhooks/caddy-webhooks/policy"
+	"github.com/caddy-webhooks/caddy-webhooks/queue"
+)
+
+// One event whose every attempt fails: attempts 1..10 follow the schedule,
+// the 10th pauses the subscription and no 11th is ever sent, however far
+// the clock moves.
+func TestTenFailuresOfOneEventPause(t *testing.T) {
+	h := newHarness(t, delivery.Config{})
+	s := newSubscriber(t, status(500, "down"))
+	h.subscribe("sub_a", s.url())
+	h.emit("lead.created", `{"n":1}`)
+
+	for i := 1; i <= 10; i++ {
+		h.waitAttempts(1)
+		if i < 10 {
+			if d := h.advanceNext(); d != policy.DefaultRetry[i-1] {
+				t.Fatalf("after attempt %d the clock moved %v, want %v", i, d, policy.DefaultRetry[i-1])
+			}
+		}
+	}
+	paused := h.waitPaused()
+	if paused.ID != "sub_a" || paused.ConsecutiveFailures != 10 {
+		t.Fatalf("paused hook got %s with %d failures", paused.ID, paused.ConsecutiveFailures)
+	}
+	// Whatever timers remain, firing them all must not send anything more.
+	for range 20 {
+		if _, ok := h.clock.AdvanceNext(); !ok {
+			break
+		}
+	}
+	h.clock.Advance(48 * time.Hour)
+	h.eng.Kick()
+	h.quiesce()
+
+	if n := s.count(); n != 10 {
+		t.Fatalf("subscriber received %d attempts, want exactly 10", n)
+	}
+	sub := h.sub("sub_a")
+	if sub.State != queue.StatePaused || sub.ConsecutiveFailures != 10 || sub.PausedAt.IsZero() {
+		t.Fatalf("stored state %s, failures %d, paused_at %v; want paused, 10, set", sub.State, sub.ConsecutiveFailures, sub.PausedAt)
+	}
+	ids := map[string]bool{}
+	for _, r := range s.requests() {
+		ids[r.header.Get("webhook-id")] = true
+	}
+	if len(ids) != 1 {
+		t.Fatalf("the retries carried %d different webhook-ids, want 1", len(ids))
+	}
+	if fs := h.failures("sub_a"); len(fs) != 10 || fs[0].Attempt != 10 || fs[9].Attempt != 1 {
+		t.Fatalf("failure log has %d entries (first attempt %d), want 10 newest first", len(fs), fs[0].Attempt)
+	}
+}
+
+// Many events due at once with 8 allowed in flight: the subscriber still
+// receives exactly 10 failed attempts before the pause, never more.
+func TestPauseIsExactWithManyInFlight(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 8})
+	s := newSubscriber(t, status(500, "down"))
+	h.subscribe("sub_a", s.url())
+	for range 25 {
+		h.emit("lead.created", `{}`)
+	}
+	h.waitAttempts(10)
+	h.waitPaused()
+	h.quiesce()
+	if n := s.count(); n != 10 {
+		t.Fatalf("subscriber received %d attempts, want exactly 10", n)
+	}
+	sub := h.sub("sub_a")
+	if sub.State != queue.StatePaused || sub.ConsecutiveFailures != 10 {
+		t.Fatalf("stored state %s with %d failures, want paused with 10", sub.State, sub.ConsecutiveFailures)
+	}
+	if p := h.store.Pending("sub_a"); p != 25 {
+		t.Fatalf("%d deliveries pending, want all 25 kept (held)", p)
+	}
+	if st := h.store.Stats(); st.Deliveries[queue.DeliveryHeld] != 25 {
+		t.Fatalf("stats %v, want 25 held", st.Deliveries)
+	}
+}
+
+// 9 failures, a success, 9 failures: the success resets the count, so the
+// subscription stays active with a count of 9.
+func TestSuccessResetsCount(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	s := newSubscriber(t, func(w http.ResponseWriter, _ *http.Request, n int) {
+		if n == 10 {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	h.subscribe("sub_a", s.url())
+	for range 19 {
+		h.emit("lead.created", `{}`)
+	}
+	got := h.waitAttempts(19)
+	if got[9].outcome != "success" {
+		t.Fatalf("10th attempt outcome %q, want success", got[9].outcome)
+	}
+	select {
+	case p := <-h.paused:
+		t.Fatalf("subscription %s paused", p.ID)
+	default:
+	}
+	sub := h.sub("sub_a")
+	if sub.State != queue.StateActive || sub.ConsecutiveFailures != 9 {
+		t.Fatalf("stored state %s with %d failures, want active with 9", sub.State, sub.ConsecutiveFailures)
+	}
+}
+
+// A 410 Gone pauses at once: one attempt, whatever the backlog.
+func TestGonePausesAtOnce(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	s := newSubscriber(t, status(http.StatusGone, "unsubscribed"))
+	h.subscribe("sub_a", s.url())
+	for range 3 {
+		h.emit("lead.created", `{}`)
+	}
+	h.waitAttempts(1)
+	p := h.waitPaused()
+	if p.ConsecutiveFailures != 1 {
+		t.Fatalf("paused with %d failures, want 1", p.ConsecutiveFailures)
+	}
+	h.quiesce()
+	if n := s.count(); n != 1 {
+		t.Fatalf("subscriber received %d attempts, want 1", n)
+	}
+	if sub := h.sub("sub_a"); sub.State != queue.StatePaused {
+		t.Fatalf("state %s, want paused", sub.State)
+	}
+	fs := h.failures("sub_a")
+	if len(fs) != 1 || fs[0].StatusCode != 410 || fs[0].ResponseBody != "unsubscribed" {
+		t.Fatalf("failure log %+v, want one 410 entry with its body", fs)
+	}
+}
+
+// Activate after a pause: the count is 0 and every held or scheduled
+// delivery is sent now, oldest first.
+func TestActivateReleasesOldestFirst(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1, PauseAfter: 3})
+	healthy := make(chan struct{})
+	s := newSubscriber(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		select {
+		case <-healthy:
+			w.WriteHeader(http.StatusOK)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	h.subscribe("sub_a", s.url())
+	var want []string
+	for range 3 { // fail, rescheduled 5s later, then paused
+		want = append(want, h.emit("lead.created", `{}`).ID)
+	}
+	h.waitAttempts(3)
+	h.waitPaused()
+	for range 2 { // stored while paused: held
+		want = append(want, h.emit("lead.created", `{}`).ID)
+	}
+	h.clock.Advance(time.Minute) // retries come due, but paused: not sent
+	before := s.count()
+
+	close(healthy)
+	sub, err := h.eng.Activate(context.Background(), "sub_a", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.State != queue.StateActive || sub.ConsecutiveFailures != 0 {
+		t.Fatalf("activate returned state %s with %d failures", sub.State, sub.ConsecutiveFailures)
+	}
+	reqs := s.waitRequests(t, before+len(want))
+	var got []string
+	for _, r := range reqs[before:] {
+		got = append(got, r.header.Get("webhook-id"))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("released order %v, want oldest first %v", got, want)
+		}
+	}
+	h.waitAttempts(len(want))
+	if stored := h.sub("sub_a"); stored.State != queue.StateActive || stored.ConsecutiveFailures != 0 {
+		t.Fatalf("stored state %s with %d failures, want active with 0", stored.State, stored.ConsecutiveFailures)
+	}
+	h.flush()
+	if p := h.store.Pending("sub_a"); p != 0 {
+		t.Fatalf("%d deliveries still pending", p)
+	}
+}
+
+// Activate with discard drops the backlog: nothing is sent.
+func TestActivateDiscard(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1, PauseAfter: 1})
+	s := newSubscriber(t, status(500, ""))
+	h.subscribe("sub_a", s.url())
+	h.emit("lead.created", `{}`)
+	h.waitPaused()
+	h.emit("lead.created", `{}`)
+	if _, err := h.eng.Activate(context.Background(), "sub_a", true); err != nil {
+		t.Fatal(err)
+	}
+	h.quiesce()
+	if n := s.count(); n != 1 {
+		t.Fatalf("subscriber received %d requests, want only the first failed one", n)
+	}
+	if p := h.store.Pending("sub_a"); p != 0 {
+		t.Fatalf("%d deliveries pending after discard", p)
+	}
+}
+
+// A manual pause stops new attempts; the stored count is kept.
+func TestManualPause(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	s := newSubscriber(t, status(500, ""))
+	h.subscribe("sub_a", s.url())
+	h.emit("lead.created", `{}`)
+	h.waitAttempts(1)
+	sub, err := h.eng.Pause(context.Background(), "sub_a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.State != queue.StatePaused || sub.ConsecutiveFailures != 1 {
+		t.Fatalf("pause returned %s with %d failures, want paused with 1", sub.State, sub.ConsecutiveFailures)
+	}
+	h.emit("lead.created", `{}`)
+	h.clock.Advance(time.Hour)
+	h.quiesce()
+	if n := s.count(); n != 1 {
+		t.Fatalf("subscriber received %d requests after the pause, want 1 in all", n)
+	}
+}
+
+// Restart at 7 failures: the count survives, and the 3rd failure after the
+// restart pauses. The pause survives the next restart.
+func TestCountAndPauseSurviveRestart(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	s := newSubscriber(t, status(500, ""))
+	h.subscribe("sub_a", s.url())
+	for range 7 {
+		h.emit("lead.created", `{}`)
+	}
+	h.waitAttempts(7)
+	h.restart()
+	if sub := h.sub("sub_a"); sub.ConsecutiveFailures != 7 || sub.State != queue.StateActive {
+		t.Fatalf("after restart: %s with %d failures, want active with 7", sub.State, sub.ConsecutiveFailures)
+	}
+	for range 5 {
+		h.emit("lead.created", `{}`)
+	}
+	h.waitAttempts(3)
+	h.waitPaused()
+	h.restart()
+	if sub := h.sub("sub_a"); sub.State != queue.StatePaused || sub.ConsecutiveFailures != 10 {
+		t.Fatalf("after second restart: %s with %d failures, want paused with 10", sub.State, sub.ConsecutiveFailures)
+	}
+	h.emit("lead.created", `{}`)
+	h.clock.Advance(48 * time.Hour)
+	h.quiesce()
+	if n := s.count(); n != 10 {
+		t.Fatalf("subscriber received %d attempts in all, want 10", n)
+	}
+}
+
+// An attempt in flight when the engine goes away is sent again by the next
+// one, with the same webhook-id, and is not counted as a failure.
+func TestInFlightAtCrashIsSentAgain(t *testing.T) {
+	h := newHarness(t, delivery.Config{}, func(o *delivery.Options) { o.Grace = 50 * time.Millisecond })
+	hang := make(chan struct{})
+	s := newSubscriber(t, func(w http.ResponseWriter, r *http.Request, n int) {
+		if n == 1 {
+			select { // hold the first request until the client goes away
+			case <-r.Context().Done():
+			case <-hang:
+			}
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	defer close(hang)
+	h.subscribe("sub_a", s.url())
+	ev := h.emit("lead.created", `{"x":1}`)
+	first := s.waitRequests(t, 1)[0]
+
+	// Stop gives up on the hanging attempt after the grace: the engine
+	// "crashes" with the delivery leased and no outcome recorded.
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	_ = h.eng.Stop(ctx)
+	h.stopped = true
+	if err := h.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.open()
+
+	again := s.waitRequests(t, 2)[1]
+	if first.header.Get("webhook-id") != ev.ID || again.header.Get("webhook-id") != ev.ID {
+		t.Fatalf("webhook-ids %q then %q, want %q both times", first.header.Get("webhook-id"), again.header.Get("webhook-id"), ev.ID)
+	}
+	h.waitAttempts(1)
+	if fs := h.failures("sub_a"); len(fs) != 0 {
+		t.Fatalf("the aborted attempt was logged as a failure: %+v", fs)
+	}
+	if sub := h.sub("sub_a"); sub.ConsecutiveFailures != 0 {
+		t.Fatalf("count %d, want 0", sub.ConsecutiveFailures)
+	}
+}
