@@ -1,0 +1,279 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/caddy-webhooks/caddy-webhooks/queue"
+)
+
+func init() {
+	caddy.RegisterModule(new(EmitHandler))
+}
+
+// DefaultMaxBody is the default limit of an emitted body.
+const DefaultMaxBody = 256 << 10
+
+// maxIdempotencyKey bounds the Idempotency-Key header.
+const maxIdempotencyKey = 255
+
+// retryAfterSeconds is the Retry-After sent with a 503.
+const retryAfterSeconds = "5"
+
+// EmitHandler is `http.handlers.webhook_emit`: POST <path>/<event> with a
+// JSON body stores the event durably and fans it out to the matching
+// subscriptions. The event type is the last path segment.
+type EmitHandler struct {
+	// MaxBody is the largest accepted body in bytes. Default 256 KiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (*EmitHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_emit",
+		New: func() caddy.Module { return new(EmitHandler) },
+	}
+}
+
+// Provision sets defaults and loads the webhooks app of this config (with
+// its defaults if the config has no `webhooks` block).
+func (h *EmitHandler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.MaxBody < 0 {
+		return fmt.Errorf("max_body: must be positive, got %d", h.MaxBody)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	appI, err := ctx.App("webhooks")
+	if err != nil {
+		return fmt.Errorf("loading webhooks app: %w", err)
+	}
+	h.app = appI.(*App)
+	return nil
+}
+
+// emitError is a refusal of the emit endpoint.
+type emitError struct {
+	status int
+	msg    string
+	known  []string // for 404
+}
+
+func (e *emitError) Error() string { return e.msg }
+
+func (e *emitError) write(w http.ResponseWriter) {
+	body := map[string]any{"error": e.msg}
+	if e.status == http.StatusNotFound {
+		body["known"] = e.known
+	}
+	if e.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", http.MethodPost)
+	}
+	if e.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	writeJSON(w, e.status, body)
+}
+
+// checkRequest validates what is known before the body is read: method,
+// content type, event name and type.
+func checkRequest(cat *catalog, method, urlPath, contentType string) (EventType, *emitError) {
+	if method != http.MethodPost {
+		return EventType{}, &emitError{status: http.StatusMethodNotAllowed, msg: "method " + method + " not allowed: POST an event"}
+	}
+	if contentType != "" {
+		mt, _, err := mime.ParseMediaType(contentType)
+		if err != nil || mt != "application/json" {
+			return EventType{}, &emitError{status: http.StatusUnsupportedMediaType,
+				msg: fmt.Sprintf("Content-Type %q: the body must be application/json", contentType)}
+		}
+	}
+	name := eventNameFromPath(urlPath)
+	if !validEventName(name) {
+		return EventType{}, &emitError{status: http.StatusBadRequest,
+			msg: fmt.Sprintf("event name %q: want lowercase [a-z0-9][a-z0-9_.-]{0,127} as the last path segment", name)}
+	}
+	if name == TestEventType {
+		return EventType{}, &emitError{status: http.StatusBadRequest, msg: "event name " + TestEventType + " is reserved for test sends"}
+	}
+	typ, ok := cat.lookup(name)
+	if !ok {
+		return EventType{}, &emitError{status: http.StatusNotFound,
+			msg: fmt.Sprintf("event type %q is not in the catalog", name), known: cat.emittable()}
+	}
+	return typ, nil
+}
+
+// eventNameFromPath returns the last segment of the path ("" if the path
+// ends with a slash).
+func eventNameFromPath(p string) string {
+	if strings.HasSuffix(p, "/") {
+		return ""
+	}
+	return path.Base("/" + p)
+}
+
+// checkBody validates the body: valid UTF-8 JSON, and the type's required
+// keys present (non-null) in a top-level object.
+func checkBody(typ EventType, body []byte) *emitError {
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return &emitError{status: http.StatusBadRequest, msg: "body: not valid JSON"}
+	}
+	if len(typ.Require) == 0 {
+		return nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil || obj == nil {
+		return &emitError{status: http.StatusBadRequest,
+			msg: fmt.Sprintf("body: %s must be a JSON object with keys %s", typ.Name, strings.Join(typ.Require, ", "))}
+	}
+	var missing []string
+	for _, k := range typ.Require {
+		if v, ok := obj[k]; !ok || string(v) == "null" {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return &emitError{status: http.StatusBadRequest,
+			msg: fmt.Sprintf("body: %s requires keys %s; missing %s", typ.Name, strings.Join(typ.Require, ", "), strings.Join(missing, ", "))}
+	}
+	return nil
+}
+
+// checkIdempotencyKey bounds the header and keeps it printable.
+func checkIdempotencyKey(k string) *emitError {
+	if len(k) > maxIdempotencyKey {
+		return &emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey)}
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] > 0x7e {
+			return &emitError{status: http.StatusBadRequest, msg: "Idempotency-Key: only printable ASCII allowed"}
+		}
+	}
+	return nil
+}
+
+var errNotRunning = &emitError{status: http.StatusServiceUnavailable, msg: "webhooks app is not running"}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler. It answers every
+// request itself; next is never called.
+func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	a, rt := h.app, h.app.rt.Load()
+	if rt == nil {
+		// This config's app is stopped (a reload is finishing): use the
+		// one that replaced it.
+		if a = currentApp(); a != nil {
+			rt = a.rt.Load()
+		}
+	}
+	if rt == nil {
+		if r.Method != http.MethodPost {
+			(&emitError{status: http.StatusMethodNotAllowed, msg: "method " + r.Method + " not allowed: POST an event"}).write(w)
+			return nil
+		}
+		errNotRunning.write(w)
+		return nil
+	}
+
+	typ, eerr := checkRequest(a.catalog, r.Method, r.URL.Path, r.Header.Get("Content-Type"))
+	if eerr == nil {
+		eerr = checkIdempotencyKey(r.Header.Get("Idempotency-Key"))
+	}
+	if eerr != nil {
+		eerr.write(w)
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			(&emitError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("body: larger than max_body (%d bytes)", h.MaxBody)}).write(w)
+			return nil
+		}
+		(&emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("reading body: %v", err)}).write(w)
+		return nil
+	}
+	if eerr := checkBody(typ, body); eerr != nil {
+		eerr.write(w)
+		return nil
+	}
+
+	now := a.now().UTC()
+	ev := queue.Event{ID: newEventID(now), Type: typ.Name, Time: now, Data: body}
+	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := rt.tp.tracer.Start(ctx, "webhook.emit", trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(
+			attribute.String("webhook.event.id", ev.ID),
+			attribute.String("webhook.event.type", ev.Type),
+			attribute.String("http.request.method", r.Method),
+		))
+	defer span.End()
+	carrier := propagation.MapCarrier{}
+	propagator.Inject(ctx, carrier)
+	ev.TraceParent, ev.TraceState = carrier.Get("traceparent"), carrier.Get("tracestate")
+
+	res, err := rt.store.Enqueue(ctx, ev, rt.store.Match(typ.Name), r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "storing event")
+		if errors.Is(err, queue.ErrUnavailable) || errors.Is(err, queue.ErrClosed) {
+			span.SetAttributes(attribute.String("error.type", "storage_unavailable"))
+			h.logger.Error("storing event: storage unavailable", zap.String("event_id", ev.ID), zap.Error(err))
+			(&emitError{status: http.StatusServiceUnavailable, msg: "storage unavailable: nothing was stored, retry later"}).write(w)
+			return nil
+		}
+		span.SetAttributes(attribute.String("error.type", fmt.Sprintf("%T", err)))
+		h.logger.Error("storing event", zap.String("event_id", ev.ID), zap.Error(err))
+		(&emitError{status: http.StatusInternalServerError, msg: fmt.Sprintf("storing event %s: %v", ev.ID, err)}).write(w)
+		return nil
+	}
+	span.SetAttributes(attribute.Int("webhook.deliveries", res.Deliveries), attribute.Bool("webhook.duplicate", res.Duplicate))
+	if res.Duplicate {
+		span.SetAttributes(attribute.String("webhook.event.id", res.ID))
+		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusOK))
+		writeJSON(w, http.StatusOK, res)
+		return nil
+	}
+	metrics.accepted.WithLabelValues(typ.Name).Inc()
+	span.SetAttributes(attribute.Int("http.response.status_code", http.StatusAccepted))
+	writeJSON(w, http.StatusAccepted, res)
+	return nil
+}
+
+// writeJSON writes v as the JSON body with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":"encoding the response failed"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner           = (*EmitHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*EmitHandler)(nil)
+)
