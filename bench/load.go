@@ -126,12 +126,15 @@ func (p *poster) failures() string {
 		p.non2xx.Load(), p.errs.Load(), p.statuses, p.firstErr)
 }
 
-// seqRange hands out sequence numbers for the whole run; each phase takes a
-// contiguous range.
+// seqRange hands out sequence numbers for the whole run; each phase (they
+// run one after the other) takes a contiguous range.
 type seqRange struct{ next atomic.Int64 }
 
 // Take reserves n sequence numbers and returns the first.
 func (r *seqRange) Take(n int64) int64 { return r.next.Add(n) - n + 1 }
+
+// Last is the highest sequence number handed out.
+func (r *seqRange) Last() int64 { return r.next.Load() }
 
 // closedResult is what one closed-loop phase measured.
 type closedResult struct {
@@ -155,8 +158,10 @@ func (r closedResult) Rate() float64 {
 // previous one is answered, for at most n requests or d, whichever ends first.
 // acked (may be nil) records the ack time of each 2xx sequence number.
 func closedLoop(ctx context.Context, p *poster, seqs *seqRange, c int, n int64, d time.Duration, acked *seqTable) closedResult {
-	base := seqs.Take(n)
+	// Reserve only what was used, after the fact: phases do not overlap.
+	base := seqs.Last() + 1
 	var i atomic.Int64
+	defer func() { seqs.Take(min(i.Load(), n)) }()
 	okBefore := p.ok.Load()
 	start := time.Now()
 	deadline := start.Add(d)

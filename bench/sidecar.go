@@ -172,6 +172,8 @@ func startSidecar(ctx context.Context, bin, dir string, workers, inFlight int) (
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
 	cmd.Dir = dir
+	// Never outlive the harness, even if it panics.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logFile.Close()
@@ -397,6 +399,7 @@ func (s *sidecar) Profile(ctx context.Context, kind string, seconds int, path st
 
 // memSampler records the sidecar's highest RSS while it runs.
 type memSampler struct {
+	once sync.Once
 	stop chan struct{}
 	done chan struct{}
 	mu   sync.Mutex
@@ -439,7 +442,7 @@ func (m *memSampler) Peak() int64 {
 
 // Stop ends sampling and returns the peak.
 func (m *memSampler) Stop() int64 {
-	close(m.stop)
+	m.once.Do(func() { close(m.stop) })
 	<-m.done
 	return m.Peak()
 }

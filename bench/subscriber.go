@@ -287,6 +287,7 @@ func startSubscriber(ctx context.Context) (*subscriberProc, error) {
 	}
 	cmd := exec.Command(exe, subscriberArg)
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("subscriber stdin: %w", err)
