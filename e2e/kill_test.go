@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,9 @@ type ledger struct {
 	mu         sync.Mutex
 	accepted   map[string]int // event id -> seq
 	unanswered int            // transport errors: maybe stored, maybe not
+	gaveUp     int            // events still unanswered after 5 tries
+	replayed   int            // 200 answers: the key was stored by an unanswered try
+	errs       []string       // the first few transport errors
 	rejected   map[int]int    // non-2xx status -> count
 	changed    chan struct{}
 }
@@ -68,15 +73,18 @@ func (l *ledger) snapshot() map[string]int {
 }
 
 // emitLoop runs senders goroutines that emit events of typ with bodies
-// {"seq":i} for i = 1..total, recording outcomes in l. After a transport
-// error a sender calls onError (which may block, e.g. until a restart) and
-// moves on to the next sequence number; the unanswered event is not retried.
-// stop ends the senders early. The returned function waits for them.
+// {"seq":i} for i = 1..total, as a careful application would: each event
+// carries an Idempotency-Key, and after a transport error (no answer: maybe
+// stored, maybe not) the sender calls onError (which may block, e.g. until
+// a restart) and sends the same event again, up to 5 times. A 200 replay of
+// a key is the first answer, so it still names the event's id. stop ends
+// the senders early. The returned function waits for them.
 func emitLoop(c *Caddy, typ string, senders, total int, l *ledger, stop <-chan struct{}, onError func()) (wait func()) {
 	var next struct {
 		sync.Mutex
 		n int
 	}
+	keyPrefix := fmt.Sprintf("e2e-%d-", time.Now().UnixNano())
 	var wg sync.WaitGroup
 	for range senders {
 		wg.Add(1)
@@ -95,24 +103,42 @@ func emitLoop(c *Caddy, typ string, senders, total int, l *ledger, stop <-chan s
 				if seq > total {
 					return
 				}
-				r, err := c.EmitRaw(typ, fmt.Sprintf(`{"seq":%d}`, seq), nil)
-				if err != nil {
-					l.mu.Lock()
-					l.unanswered++
-					l.mu.Unlock()
-					if onError != nil {
-						onError()
+				h := http.Header{"Idempotency-Key": {keyPrefix + strconv.Itoa(seq)}}
+				for try := 1; ; try++ {
+					r, err := c.EmitRaw(typ, fmt.Sprintf(`{"seq":%d}`, seq), h)
+					if err != nil {
+						l.mu.Lock()
+						l.unanswered++
+						if len(l.errs) < 5 {
+							l.errs = append(l.errs, fmt.Sprintf("seq %d try %d at %s: %v", seq, try, time.Now().Format("15:04:05.000"), err))
+						}
+						l.mu.Unlock()
+						if try == 5 {
+							l.mu.Lock()
+							l.gaveUp++
+							l.mu.Unlock()
+							break
+						}
+						if onError != nil {
+							onError()
+						}
+						continue
 					}
-					continue
+					var e Emitted
+					if r.Status/100 != 2 || r.Decode(&e) != nil || e.ID == "" {
+						l.mu.Lock()
+						l.rejected[r.Status]++
+						l.mu.Unlock()
+						break
+					}
+					if r.Status == http.StatusOK {
+						l.mu.Lock()
+						l.replayed++
+						l.mu.Unlock()
+					}
+					l.accept(e.ID, seq)
+					break
 				}
-				var e Emitted
-				if r.Status/100 != 2 || r.Decode(&e) != nil || e.ID == "" {
-					l.mu.Lock()
-					l.rejected[r.Status]++
-					l.mu.Unlock()
-					continue
-				}
-				l.accept(e.ID, seq)
 			}
 		}()
 	}
@@ -182,10 +208,27 @@ func verifyDelivered(t *testing.T, label string, sub *Subscriber, l *ledger, tim
 		}
 	}
 	l.mu.Lock()
-	unanswered, rejected := l.unanswered, fmt.Sprint(l.rejected)
+	unanswered, gaveUp, replayed, rejected, errs := l.unanswered, l.gaveUp, l.replayed, fmt.Sprint(l.rejected), l.errs
 	l.mu.Unlock()
-	t.Logf("e2e: %s: accepted=%d delivered=%d lost=%d duplicates=%d (emits unanswered=%d, rejected by status=%s, requests at subscriber=%d)",
-		label, len(accepted), len(accepted)-len(lost), len(lost), dups, unanswered, rejected, sub.Count())
+	if len(errs) > 0 {
+		t.Logf("e2e: %s: first emit transport errors:\n  %s", label, strings.Join(errs, "\n  "))
+	}
+	// Deliveries of ids nobody was told about: an unanswered try that was
+	// stored although its Idempotency-Key replay did not find it.
+	phantoms := 0
+	for id, n := range tr.count {
+		if _, ok := accepted[id]; !ok {
+			phantoms += n
+		}
+	}
+	t.Logf("e2e: %s: accepted=%d delivered=%d lost=%d duplicates=%d (unknown ids delivered=%d; emit tries unanswered=%d, given up=%d, idempotent replays=%d, rejected by status=%s; requests at subscriber=%d)",
+		label, len(accepted), len(accepted)-len(lost), len(lost), dups, phantoms, unanswered, gaveUp, replayed, rejected, sub.Count())
+	if phantoms > 0 {
+		t.Errorf("%s: %d deliveries of events whose Idempotency-Key retry got a different or no id: the key was not stored with the event", label, phantoms)
+	}
+	if gaveUp > 0 || rejected != "map[]" {
+		t.Errorf("%s: %d events unanswered after 5 tries, rejections %s", label, gaveUp, rejected)
+	}
 	if len(lost) > 0 {
 		show := lost
 		if len(show) > 10 {

@@ -53,8 +53,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	variants := []func(Config) Config{
 		func(c Config) Config { c.PauseAfter = 11; return c },
 		func(c Config) Config { c.PauseAfter = 12; c.Timeout = 6 * time.Second; return c },
-		func(c Config) Config { return c }, // back to the original
+		func(c Config) Config { c.PauseAfter = 10; return c }, // the default, spelled out
 	}
+	wantPauseAfter := []string{"11", "12", "10"}
 	want := perPhase
 	for i, change := range variants[:reloadsDue] {
 		if !l.waitCount(want, time.Minute) {
@@ -66,6 +67,9 @@ func TestReloadUnderLoad(t *testing.T) {
 			t.Fatalf("reload %d: POST /load answered %s", i+1, r)
 		}
 		t.Logf("e2e: reload %d took %s with %d events accepted so far", i+1, time.Since(start).Round(time.Millisecond), l.count())
+		if r := admin.Get(t, "/config/apps/webhooks/pause_after"); strings.TrimSpace(string(r.Body)) != wantPauseAfter[i] {
+			t.Errorf("after reload %d the running config has pause_after %s, want %s", i+1, r, wantPauseAfter[i])
+		}
 		want = l.count() + perPhase
 	}
 	if !l.waitCount(want, time.Minute) {
