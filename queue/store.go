@@ -12,7 +12,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Sentinel errors callers branch on.
@@ -45,6 +48,15 @@ type Options struct {
 	// SmallMemory, when set, tunes Badger for a small footprint (the default
 	// is already bounded; this is for tests that open many stores).
 	SmallMemory bool
+	// Logger receives Badger's warnings and errors (default: a no-op logger
+	// for Badger's chatter, errors still reach callers as errors).
+	Logger *zap.Logger
+
+	// gcInterval is how often the janitor runs (default 1 minute).
+	gcInterval time.Duration
+	// noSync turns SyncWrites off; only for tests that measure something
+	// other than the disk (churn).
+	noSync bool
 }
 
 // Subscription states.
@@ -198,16 +210,20 @@ type Store struct {
 	impl *store
 }
 
-var errUnimplemented = errors.New("queue: not implemented yet")
-
 // ---- lifecycle -------------------------------------------------------------
 
 // Open opens (or creates) the store in opts.Dir with SyncWrites on, loads the
 // subscriptions into memory and restores the in-memory counters.
-func Open(opts Options) (*Store, error) { return nil, errUnimplemented }
+func Open(opts Options) (*Store, error) {
+	s, err := open(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{impl: s}, nil
+}
 
 // Close stops the writer (committing what it holds) and closes Badger.
-func (s *Store) Close() error { return errUnimplemented }
+func (s *Store) Close() error { return s.impl.close() }
 
 // ---- ingest ----------------------------------------------------------------
 
@@ -216,63 +232,95 @@ func (s *Store) Close() error { return errUnimplemented }
 // only after the commit was synced to disk. Concurrent callers share one
 // transaction and one fsync. idemKey, when non-empty, dedupes for
 // IdempotencyTTL: a repeat returns the first result with Duplicate set and
-// stores nothing. Errors: ErrUnavailable, ErrClosed, ctx errors.
+// stores nothing. A zero ev.Time is set to the store's clock. Errors:
+// ErrUnavailable, ErrClosed, ctx errors (after which the event may or may
+// not have been stored).
 func (s *Store) Enqueue(ctx context.Context, ev Event, subs []string, idemKey string) (EnqueueResult, error) {
-	return EnqueueResult{}, errUnimplemented
+	o, err := s.impl.newEnqueue(ev, subs, idemKey)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	if err := s.impl.run(ctx, o, &o.waiter); err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue event %s: %w", ev.ID, err)
+	}
+	return o.res, nil
 }
 
 // ---- taking work -----------------------------------------------------------
 
 // Take leases up to max due deliveries (due <= now) of one subscription, in
-// due order, skipping ones already leased. It does not look at the
-// subscription's state: the caller does not take from paused ones. next is
-// the due time of the first delivery after those returned that is not yet
-// due (zero if there is none), so the caller can set a timer. The cost does
-// not grow with the number of deliveries already completed (a cursor per
-// subscription, not a rewind over tombstones).
+// due order (enqueue order among equal due times), skipping ones already
+// leased. It does not look at the subscription's state: the caller does not
+// take from paused ones. next is the due time of the first unleased delivery
+// after those returned (zero if there is none): after a full batch (len(jobs)
+// == max) it may be <= now, meaning more are due already; otherwise the
+// caller can set a timer for it. The cost does not grow with the number of
+// deliveries already completed (a cursor per subscription, not a rewind over
+// tombstones). While Release or Drop runs on the subscription, Take returns
+// nothing; Notify fires when they end. ErrNotFound for an unknown
+// subscription.
 func (s *Store) Take(subID string, max int, now time.Time) (jobs []Job, next time.Time, err error) {
-	return nil, time.Time{}, errUnimplemented
+	return s.impl.take(subID, max, now)
 }
 
 // Event returns a stored event.
-func (s *Store) Event(id string) (Event, error) { return Event{}, errUnimplemented }
+func (s *Store) Event(id string) (Event, error) {
+	rec, err := s.impl.event(id, true)
+	return rec.Event, err
+}
 
 // Notify returns a channel that receives (non-blocking, capacity 1) after
 // every commit that made a delivery of any subscription due now (enqueue,
-// release, redeliver). The dispatcher waits on it instead of polling.
-func (s *Store) Notify() <-chan struct{} { return nil }
+// release, redeliver, a reschedule into the past, a job given back). The
+// dispatcher waits on it instead of polling.
+func (s *Store) Notify() <-chan struct{} { return s.impl.notify }
 
 // ---- outcomes (batched, not individually synced) ---------------------------
 //
 // Complete, Reschedule, Fail and Hold queue the outcome for the writer and
 // return at once; the lease ends when it is committed. done, if non-nil, is
-// called after the commit with its error. A lost outcome (crash before the
-// commit) means the delivery is attempted again: a duplicate, never a loss.
+// called after the commit with its error (from the writer goroutine: it must
+// not block). A lost outcome (crash before the commit) means the delivery is
+// attempted again: a duplicate, never a loss. If the commit fails the lease
+// ends and the delivery is due again. An outcome for a delivery that was
+// dropped meanwhile is ignored (done gets nil).
 
 // Complete marks the job delivered, logging the attempt.
-func (s *Store) Complete(job Job, a Attempt, sub SubUpdate, done func(error)) {}
+func (s *Store) Complete(job Job, a Attempt, sub SubUpdate, done func(error)) {
+	s.impl.outcome(&outcomeOp{kind: outComplete, job: job, attempt: a, update: sub, done: done})
+}
 
 // Reschedule records a failed attempt (and its failure-log entry) and makes
 // the delivery due again at at.
 func (s *Store) Reschedule(job Job, at time.Time, a Attempt, f FailureEntry, sub SubUpdate, done func(error)) {
+	s.impl.outcome(&outcomeOp{kind: outReschedule, job: job, at: at, attempt: a, failure: &f, update: sub, done: done})
 }
 
 // Fail records the last failed attempt (and its failure-log entry) and marks
 // the delivery failed (kept; can be redelivered).
-func (s *Store) Fail(job Job, a Attempt, f FailureEntry, sub SubUpdate, done func(error)) {}
+func (s *Store) Fail(job Job, a Attempt, f FailureEntry, sub SubUpdate, done func(error)) {
+	s.impl.outcome(&outcomeOp{kind: outFail, job: job, attempt: a, failure: &f, update: sub, done: done})
+}
 
 // Hold gives the job back untouched (no attempt was made, e.g. its
-// subscription was paused after it was taken).
-func (s *Store) Hold(job Job) {}
+// subscription was paused after it was taken). Nothing is written: the lease
+// ends at once and the delivery can be taken again.
+func (s *Store) Hold(job Job) { s.impl.giveBack(&job) }
 
 // Flush waits until every outcome queued before the call is committed.
-func (s *Store) Flush(ctx context.Context) error { return errUnimplemented }
+func (s *Store) Flush(ctx context.Context) error {
+	o := &flushOp{waiter: newWaiter()}
+	return s.impl.run(ctx, o, &o.waiter)
+}
 
 // ---- subscription management (synchronous, synced) -------------------------
 
-// CreateSubscription stores a new subscription (ErrExists if the id is taken).
+// CreateSubscription stores a new subscription (ErrExists if the id is
+// taken). Empty State means active, empty Source means api; zero CreatedAt
+// is set to now.
 func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) error {
-	return errUnimplemented
+	_, err := s.impl.subOp(ctx, &subOp{kind: subCreate, sub: sub})
+	return err
 }
 
 // PutSubscription creates or replaces a subscription's configuration (url,
@@ -280,64 +328,85 @@ func (s *Store) CreateSubscription(ctx context.Context, sub Subscription) error 
 // counters, LastError and CreatedAt if it exists. Used for Caddyfile
 // subscriptions at every config load and for PATCH.
 func (s *Store) PutSubscription(ctx context.Context, sub Subscription) (Subscription, error) {
-	return Subscription{}, errUnimplemented
+	return s.impl.subOp(ctx, &subOp{kind: subPut, sub: sub})
 }
 
 // DeleteSubscription removes it and drops its live deliveries.
-func (s *Store) DeleteSubscription(ctx context.Context, id string) error { return errUnimplemented }
-
-// Subscription returns one subscription (from memory).
-func (s *Store) Subscription(id string) (Subscription, error) {
-	return Subscription{}, errUnimplemented
+func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
+	if _, err := s.impl.subOp(ctx, &subOp{kind: subDelete, sub: Subscription{ID: id}}); err != nil {
+		return err
+	}
+	// A crash before the drop finishes leaves orphan due entries; Open
+	// drops those.
+	_, err := s.impl.dropLive(ctx, id)
+	return err
 }
 
+// Subscription returns one subscription (from memory).
+func (s *Store) Subscription(id string) (Subscription, error) { return s.impl.subscription(id) }
+
 // Subscriptions returns all subscriptions sorted by id (from memory).
-func (s *Store) Subscriptions() []Subscription { return nil }
+func (s *Store) Subscriptions() []Subscription { return s.impl.subscriptions() }
 
 // SetState sets a subscription's state and failure count and, when
-// activating, clears PausedAt. It does not move deliveries: see Release.
+// activating, clears PausedAt (pausing sets it to now unless already
+// paused). It does not move deliveries: see Release.
 func (s *Store) SetState(ctx context.Context, id, state string, failures int) (Subscription, error) {
-	return Subscription{}, errUnimplemented
+	return s.impl.subOp(ctx, &subOp{kind: subSetState, sub: Subscription{ID: id}, state: state, failures: failures})
 }
 
 // Release makes every live delivery of sub due now, oldest first (by
-// enqueue order), and rewinds its cursor. Used by activate.
-func (s *Store) Release(ctx context.Context, subID string) error { return errUnimplemented }
+// enqueue order), and rewinds its cursor. Used by activate. It works in
+// chunks, so emits go on meanwhile; Take on sub returns nothing until it is
+// done. Deliveries leased at the time are left to their outcome.
+func (s *Store) Release(ctx context.Context, subID string) error { return s.impl.release(ctx, subID) }
 
-// Drop removes every live delivery of sub (activate?discard=true).
-func (s *Store) Drop(ctx context.Context, subID string) (int, error) { return 0, errUnimplemented }
+// Drop removes every live delivery of sub (activate?discard=true) and
+// returns how many.
+func (s *Store) Drop(ctx context.Context, subID string) (int, error) {
+	if _, err := s.impl.subscription(subID); err != nil {
+		return 0, err
+	}
+	return s.impl.dropLive(ctx, subID)
+}
 
 // Redeliver makes the event's terminal deliveries (all, or only subID's when
-// non-empty) live again and due now, with a fresh attempt count. It returns
-// how many were queued; ErrNotFound if the event is gone.
+// non-empty) live again and due now, with a fresh attempt count (the attempt
+// log is kept). It returns how many were queued; ErrNotFound if the event is
+// gone (or subID had no delivery of it).
 func (s *Store) Redeliver(ctx context.Context, eventID, subID string) (int, error) {
-	return 0, errUnimplemented
+	o := &redeliverOp{waiter: newWaiter(), eventID: eventID, sub: subID}
+	if err := s.impl.run(ctx, o, &o.waiter); err != nil {
+		return 0, err
+	}
+	return o.n, nil
 }
 
 // ---- queries ---------------------------------------------------------------
 
 // EventDeliveries returns the event and, per subscription, its delivery.
 func (s *Store) EventDeliveries(id string) (Event, []DeliveryInfo, error) {
-	return Event{}, nil, errUnimplemented
+	return s.impl.eventDeliveries(id)
 }
 
 // Failures returns failure-log entries newest first, optionally only one
-// subscription's, strictly before before (zero: no bound), at most limit.
+// subscription's, strictly before before (zero: no bound), at most limit
+// (default 100 when limit <= 0).
 func (s *Store) Failures(subID string, limit int, before time.Time) ([]FailureEntry, error) {
-	return nil, errUnimplemented
+	return s.impl.failures(subID, limit, before)
 }
 
 // Match returns the ids of the subscriptions (active or paused) that want
 // events of type typ, from an in-memory index rebuilt on every subscription
 // change; it is on the emit hot path and does not allocate per call beyond
 // the returned slice (which callers must not modify).
-func (s *Store) Match(typ string) []string { return nil }
+func (s *Store) Match(typ string) []string { return s.impl.matchType(typ) }
 
 // Pending returns the number of live deliveries of a subscription (from
 // memory).
-func (s *Store) Pending(subID string) int { return 0 }
+func (s *Store) Pending(subID string) int { return s.impl.pending(subID) }
 
-// Stats counts deliveries by state and subscriptions by state.
-func (s *Store) Stats() Stats { return Stats{} }
-
-type store struct{}
+// Stats counts deliveries and subscriptions by state. A live delivery of an
+// active subscription counts as scheduled when it has had an attempt, even
+// if its retry time has come (it is taken soon).
+func (s *Store) Stats() Stats { return s.impl.stats() }
