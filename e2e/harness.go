@@ -989,8 +989,9 @@ type Subscriber struct {
 
 	mu      sync.Mutex
 	reqs    []Request
+	active  int // requests being answered
 	respond func(Request) Response
-	changed chan struct{} // closed and replaced on every new request
+	changed chan struct{} // closed and replaced on every arrival and answer
 	closing chan struct{}
 	closed  bool
 }
@@ -1021,10 +1022,16 @@ func (s *Subscriber) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	req := Request{Method: r.Method, Path: r.URL.RequestURI(), Header: r.Header.Clone(), Body: body, Time: time.Now(), N: len(s.reqs) + 1}
 	s.reqs = append(s.reqs, req)
+	s.active++
 	respond := s.respond
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.notifyLocked()
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.active--
+		s.notifyLocked()
+		s.mu.Unlock()
+	}()
 
 	resp := respond(req)
 	if resp.Delay > 0 {
@@ -1045,6 +1052,31 @@ func (s *Subscriber) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(status)
 	io.WriteString(w, resp.Body)
+}
+
+func (s *Subscriber) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// WaitIdle waits until no request is being answered (false on timeout):
+// after it, every attempt that had started is visible in Requests.
+func (s *Subscriber) WaitIdle(timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		idle, ch := s.active == 0, s.changed
+		s.mu.Unlock()
+		if idle {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		}
+	}
 }
 
 // Respond sets a fixed answer for the requests from now on.

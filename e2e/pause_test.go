@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -232,4 +233,48 @@ func hasWarnFor(log, id string) bool {
 		}
 	}
 	return false
+}
+
+// The pause is exact even with many deliveries in flight: with 40 events
+// queued for a failing subscriber (8 attempts in flight allowed), it gets
+// exactly 10 attempts in all, not 10 plus whatever was in flight.
+func TestPauseIsExactUnderConcurrency(t *testing.T) {
+	cfg := NewConfig(t)
+	cfg.MaxInFlight = 8
+	c := StartConfig(t, cfg)
+	admin := c.Admin()
+	sub := NewSubscriber(t)
+	// Slow failures, so that attempts overlap.
+	sub.Respond(Response{Status: 503, Body: "busy", Delay: 50 * time.Millisecond})
+	s := admin.Subscribe(t, Subscribe{URL: sub.URL, Events: []string{"text_message.reply_received"}})
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.Emit(t, "text_message.reply_received", map[string]int{"i": i})
+		}()
+	}
+	wg.Wait()
+	var v Subscription
+	if !Eventually(30*time.Second, func() bool { v = admin.Subscription(t, s.ID); return v.State == "paused" }) {
+		t.Fatalf("not paused within 30s: %+v", v)
+	}
+	// Whatever was in flight when the 10th failure paused it is answered by
+	// now or soon; after that the count must be exactly 10.
+	if !sub.WaitIdle(10 * time.Second) {
+		t.Fatal("subscriber still answering 10s after the pause")
+	}
+	if v = admin.Subscription(t, s.ID); v.ConsecutiveFailures != 10 || v.State != "paused" {
+		t.Errorf("%s with consecutive_failures %d, want paused with 10", v.State, v.ConsecutiveFailures)
+	}
+	if st := admin.Stats(t); st.Deliveries["held"] != 40 {
+		t.Errorf("stats %+v, want all 40 deliveries held", st)
+	}
+	if n := sub.Count(); n != 10 {
+		t.Errorf("the subscriber got %d attempts, want exactly 10", n)
+	}
+	if f := admin.Failures(t, "subscription="+s.ID+"&limit=100"); len(f) != 10 {
+		t.Errorf("failure log has %d entries, want 10", len(f))
+	}
 }
