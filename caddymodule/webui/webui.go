@@ -23,9 +23,9 @@ import (
 const Prefix = "/webhooks/ui/"
 
 // ContentSecurityPolicy is sent with every file: nothing is loaded from
-// anywhere but the admin origin, no inline script or style runs, and the page
-// cannot be framed.
-const ContentSecurityPolicy = "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
+// anywhere but the admin origin (and the icon from a data: URL), no inline
+// script or style runs, and the page cannot be framed.
+const ContentSecurityPolicy = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; object-src 'none'"
 
 //go:embed static
 var static embed.FS

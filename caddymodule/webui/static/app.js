@@ -107,6 +107,14 @@
     return v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`;
   }
 
+  // The API's error for a non-2xx answer just repeats the status line;
+  // show it only when it says more than the badge and the body do.
+  function extraError(code, error) {
+    if (!error) return '';
+    if (code && error.startsWith(`HTTP ${code}`)) return '';
+    return error;
+  }
+
   function statusBadge(code, testid) {
     const ok = code >= 200 && code < 300;
     return h('span', { class: `badge ${ok ? 'badge-ok' : 'badge-bad'}`, testid }, `HTTP ${code}`);
@@ -197,9 +205,10 @@
       if (t.status_code) parts.push(statusBadge(t.status_code, `test-status-${id}`));
       else parts.push(h('span', { class: 'badge badge-bad', testid: `test-status-${id}` }, 'no response'));
       parts.push(h('span', { class: 'muted', testid: `test-duration-${id}` }, ` in ${ms(t.duration_ms)}`));
-      if (t.error) parts.push(h('div', { class: 'error-text', testid: `test-error-${id}` }, t.error));
+      const err = extraError(t.status_code, t.error);
+      if (err) parts.push(h('div', { class: 'error-text', testid: `test-error-${id}` }, err));
       if (t.response_body) parts.push(h('pre', { class: 'body', testid: `test-body-${id}` }, t.response_body));
-      else if (!t.error) parts.push(h('div', { class: 'small muted' }, 'Empty response body.'));
+      else if (!err) parts.push(h('div', { class: 'small muted' }, 'Empty response body.'));
       body = h('div', { class: 'test-result' }, parts);
     }
     return h('tr', { class: 'test-row', testid: `test-result-${id}` },
@@ -406,9 +415,10 @@
   function failureRow(f) {
     const result = [];
     if (f.status_code) result.push(statusBadge(f.status_code, 'failure-status'));
+    const err = extraError(f.status_code, f.error);
     if (f.response_body) result.push(h('pre', { class: 'body', testid: 'failure-body' }, f.response_body));
-    else if (f.status_code && !f.error) result.push(h('div', { class: 'small muted' }, 'Empty response body.'));
-    if (f.error) result.push(h('div', { class: 'error-text', testid: 'failure-error' }, f.error));
+    else if (f.status_code && !err) result.push(h('div', { class: 'small muted' }, 'Empty response body.'));
+    if (err) result.push(h('div', { class: 'error-text', testid: 'failure-error' }, err));
     return h('tr', { testid: 'failure-row', 'data-subscription': f.subscription_id, 'data-event': f.event_id },
       h('td', { class: 'nowrap' }, timeEl(f.time, 'failure-time')),
       h('td', {},
