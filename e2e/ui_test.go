@@ -242,6 +242,14 @@ func TestManageWebhooksPage(t *testing.T) {
 	}
 	b.wait("nothing pending", uiTextIs("sub-pending-"+id, "0"))
 
+	// Pause by hand: the row offers Activate again.
+	b.do("click Pause", chromedp.Click(uiSel("btn-pause-"+id)))
+	b.wait("the row paused by hand", uiTextIs("sub-state-"+id, "paused"))
+	b.wait("Activate offered again", `!!document.querySelector('[data-testid="btn-activate-`+id+`"]')`)
+	if s := admin.Subscription(t, id); s.State != "paused" {
+		t.Errorf("after Pause the API says %s, want paused", s.State)
+	}
+
 	// Unsubscribe asks first; Cancel keeps the subscription.
 	b.do("Unsubscribe, then Cancel",
 		chromedp.Click(uiSel("btn-unsubscribe-"+dead.ID)),
