@@ -244,7 +244,11 @@ func (b *batch) finishWrites() error {
 // transaction and commits it (one fsync for all of them).
 func (s *store) writer() {
 	defer close(s.writerDone)
-	var carry op
+	var (
+		carry   op
+		linger  *time.Timer
+		waiters int // callers waiting in the last batch
+	)
 	ops := make([]op, 0, maxBatchOps)
 	for {
 		first := carry
@@ -258,30 +262,66 @@ func (s *store) writer() {
 		}
 		ops = append(ops[:0], first)
 		if !first.exclusive() {
+			// The callers acknowledged by the last commit come back one by
+			// one; without waiting for them, batches alternate between a
+			// few ops and many, and every small one costs a full sync. So
+			// wait (briefly) until as many callers as last time are here.
+			target, n := waiters, waitCount(first)
 			size := first.size()
+			lingered := false
 		drain:
 			for len(ops) < maxBatchOps && size < s.maxBatchBytes {
+				var o op
+				var ok bool
 				select {
-				case o, ok := <-s.reqs:
-					if !ok {
-						break drain
-					}
-					if o.exclusive() {
-						carry = o
-						break drain
-					}
-					ops = append(ops, o)
-					size += o.size()
+				case o, ok = <-s.reqs:
 				default:
+					if n >= target || lingered {
+						break drain
+					}
+					if linger == nil {
+						linger = time.NewTimer(maxLinger)
+					} else {
+						linger.Reset(maxLinger)
+					}
+					select {
+					case o, ok = <-s.reqs:
+						linger.Stop()
+					case <-linger.C:
+						lingered = true
+						continue
+					}
+				}
+				if !ok {
 					break drain
 				}
+				if o.exclusive() {
+					carry = o
+					break drain
+				}
+				ops = append(ops, o)
+				size += o.size()
+				n += waitCount(o)
 			}
+			waiters = n
 		}
 		for rest := ops; len(rest) > 0; {
 			rest = rest[s.commitBatch(rest):]
 		}
 		clear(ops)
 	}
+}
+
+// maxLinger bounds how long the writer waits for callers to come back.
+const maxLinger = 500 * time.Microsecond
+
+// waitCount is 1 for ops whose caller waits for the commit (and so comes
+// back with the next one as soon as it is acknowledged).
+func waitCount(o op) int {
+	if _, ok := o.(*enqueueOp); ok {
+		return 1
+	}
+	return 0
 }
 
 // commitBatch applies a prefix of ops in one transaction, commits it and
