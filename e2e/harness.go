@@ -165,9 +165,10 @@ func buildOnce(envVar, name, buildDir, pkg, freshRoot string) (string, error) {
 	return out, nil
 }
 
-// newerThanSources reports whether bin exists and is newer than every .go
-// file, go.mod and go.sum under dir (skipping bin/, .git/ and, when
-// skipTools, tools/ which is a separate module).
+// newerThanSources reports whether bin exists and is newer than every
+// non-test .go file, go.mod, go.sum and embedded UI file under dir (skipping
+// bin/, .git/ and, when skipTools, tools/, e2e/ and bench/, which are not
+// part of the caddy binary).
 func newerThanSources(bin, dir string, skipTools bool) (bool, error) {
 	st, err := os.Stat(bin)
 	if err != nil {
@@ -183,7 +184,7 @@ func newerThanSources(bin, dir string, skipTools bool) (bool, error) {
 			switch d.Name() {
 			case ".git", "bin", "node_modules":
 				return filepath.SkipDir
-			case "tools":
+			case "tools", "e2e", "bench": // not part of the caddy binary
 				if skipTools {
 					return filepath.SkipDir
 				}
@@ -192,7 +193,7 @@ func newerThanSources(bin, dir string, skipTools bool) (bool, error) {
 		}
 		// Go sources, the module files, and anything embedded by the UI.
 		n := d.Name()
-		if !strings.HasSuffix(n, ".go") && n != "go.mod" && n != "go.sum" && !strings.Contains(filepath.ToSlash(p), "/webui/") {
+		if strings.HasSuffix(n, "_test.go") || !strings.HasSuffix(n, ".go") && n != "go.mod" && n != "go.sum" && !strings.Contains(filepath.ToSlash(p), "/webui/") {
 			return nil
 		}
 		info, err := d.Info()

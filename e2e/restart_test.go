@@ -116,3 +116,28 @@ func TestFailureCountSurvivesRestart(t *testing.T) {
 		t.Errorf("stats %+v: want 11 held", st)
 	}
 }
+
+// Scenario 3c: once the admin API shows a subscription paused, the pause is
+// on disk: a SIGKILL right then does not undo it.
+func TestPausedSurvivesKill9(t *testing.T) {
+	cfg := NewConfig(t)
+	c := StartConfig(t, cfg)
+	admin := c.Admin()
+	sub := NewSubscriber(t)
+	sub.Respond(Response{Status: 500})
+	s := admin.Subscribe(t, Subscribe{URL: sub.URL, Events: []string{"phone.opted_out"}})
+	c.Emit(t, "phone.opted_out", map[string]string{"phone": "+15550100"})
+	if !Eventually(30*time.Second, func() bool { return admin.Subscription(t, s.ID).State == "paused" }) {
+		t.Fatalf("not paused within 30s: %+v", admin.Subscription(t, s.ID))
+	}
+	c.Kill()
+	if err := c.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+	if v := admin.Subscription(t, s.ID); v.State != "paused" || v.ConsecutiveFailures != 10 || v.Pending != 1 {
+		t.Errorf("after kill -9: %+v, want paused with 10 failures and the event held", v)
+	}
+	if n := sub.Count(); n != 10 {
+		t.Errorf("%d attempts in all, want 10", n)
+	}
+}
