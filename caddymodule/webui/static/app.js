@@ -6,14 +6,16 @@
 
 (() => {
   const REFRESH_MS = 3000;
-  const FAILURE_LIMIT = 200;
+  const FAILURE_LIMIT = 100;
   // The API sits beside the page: /webhooks/ui/ -> /webhooks/.
   const API = location.pathname.replace(/ui\/[^/]*$/, '');
 
   const state = {
     subs: [],
     types: [],
-    failures: [],
+    failures: [], // the newest page, refreshed
+    older: [], // pages fetched with "Load older", kept until the filter changes
+    olderFull: false, // the last older page was full: there may be more
     tab: 'subscriptions',
     filter: '',
     tests: new Map(), // subscription id -> {pending} | test result
@@ -390,10 +392,9 @@
         break;
       }
       case 'log':
-        state.filter = id;
+        setFilter(id);
         renderFilterOptions();
         showTab('failures');
-        await refresh();
         break;
     }
   }
@@ -433,12 +434,57 @@
       h('td', {}, f.trace_id ? h('code', { class: 'trace', testid: 'failure-trace', title: 'OpenTelemetry trace id' }, f.trace_id) : h('span', { class: 'muted' }, '—')));
   }
 
+  const failureKey = (f) => `${f.time}|${f.subscription_id}|${f.event_id}|${f.attempt}`;
+
+  function shownFailures() {
+    const seen = new Set();
+    return state.failures.concat(state.older).filter((f) => {
+      const k = failureKey(f);
+      if (seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    });
+  }
+
   function renderFailures() {
-    const rows = state.failures.map(failureRow);
-    $('failure-body').replaceChildren(...rows);
+    const list = shownFailures();
+    $('failure-body').replaceChildren(...list.map(failureRow));
     const empty = $('failure-empty');
-    empty.hidden = rows.length > 0;
+    empty.hidden = list.length > 0;
     empty.textContent = state.filter ? `No failed attempts recorded for ${state.filter}.` : 'No failed attempts recorded.';
+    $('failure-more').hidden = !(state.older.length ? state.olderFull : state.failures.length >= FAILURE_LIMIT);
+  }
+
+  function failuresPath(before) {
+    let path = `failures?limit=${FAILURE_LIMIT}`;
+    if (state.filter) path += `&subscription=${encodeURIComponent(state.filter)}`;
+    if (before) path += `&before=${encodeURIComponent(before)}`;
+    return path;
+  }
+
+  async function loadOlder() {
+    const list = shownFailures();
+    if (list.length === 0) return;
+    $('failure-more').disabled = true;
+    try {
+      const page = await api('GET', failuresPath(list[list.length - 1].time));
+      const got = Array.isArray(page) ? page : [];
+      state.older = state.older.concat(got);
+      state.olderFull = got.length >= FAILURE_LIMIT;
+      clearError('action');
+      renderFailures();
+    } catch (err) {
+      showError(`Failure log: ${err.message}`, 'action');
+    } finally {
+      $('failure-more').disabled = false;
+    }
+  }
+
+  function setFilter(id) {
+    state.filter = id;
+    state.older = [];
+    state.olderFull = false;
+    refresh();
   }
 
   // ---- refresh -----------------------------------------------------------
@@ -449,9 +495,9 @@
       state.types = Array.isArray(types) ? types : [];
       renderTypes();
     }
-    let fpath = `failures?limit=${FAILURE_LIMIT}`;
-    if (state.filter) fpath += `&subscription=${encodeURIComponent(state.filter)}`;
-    const [subs, failures] = await Promise.all([api('GET', 'subscriptions'), api('GET', fpath)]);
+    const filter = state.filter;
+    const [subs, failures] = await Promise.all([api('GET', 'subscriptions'), api('GET', failuresPath())]);
+    if (filter !== state.filter) return; // the filter changed meanwhile: the next refresh has it
     state.subs = Array.isArray(subs) ? subs : [];
     state.failures = Array.isArray(failures) ? failures : [];
     for (const id of state.tests.keys()) {
@@ -528,10 +574,8 @@
       $('new-secret').textContent = '';
       $('secret-sub').textContent = '';
     });
-    $('failure-filter').addEventListener('change', (ev) => {
-      state.filter = ev.target.value;
-      refresh();
-    });
+    $('failure-filter').addEventListener('change', (ev) => setFilter(ev.target.value));
+    $('failure-more').addEventListener('click', loadOlder);
     showTab(location.hash.slice(1));
     refresh();
     autoRefresh();
