@@ -101,9 +101,10 @@ type results struct {
 	Latency []latencyResult
 
 	BacklogN      int64
-	BacklogHeld   int64 // deliveries the sidecar reported held before Activate (-1 unknown)
-	BacklogRSS    int64 // RSS with the backlog held, before Activate
-	PeakRSS       int64 // over fill, hold and drain
+	BacklogHeld   int64     // deliveries the sidecar reported held before Activate (-1 unknown)
+	BacklogMem    memStatus // with the backlog held, before Activate
+	PeakRSS       int64     // over fill, hold and drain
+	PeakAnon      int64     // highest sampled RssAnon over fill, hold and drain
 	PeakIsHWM     bool
 	DrainTime     time.Duration
 	DrainRate     float64
@@ -415,7 +416,7 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 		res.notef("VmHWM could not be reset; peak RSS is the highest sampled VmRSS (every 100 ms)")
 	}
 	mem := sampleMem(h.car, 100*time.Millisecond, res.PeakIsHWM)
-	defer func() { res.PeakRSS = mem.Stop() }()
+	defer func() { res.PeakRSS, res.PeakAnon = mem.Stop() }()
 
 	h.logf("sidecar: subscription paused; emitting a backlog of %d at c=%d", h.opt.Backlog, backlogConcurrency)
 	// Bounded even on a very slow sidecar: 1 M at 500/s is 33 min.
@@ -432,7 +433,7 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 		res.errorf("backlog: %v", err)
 	}
 	if m, err := h.car.Mem(); err == nil {
-		res.BacklogRSS = m.RSS
+		res.BacklogMem = m
 	}
 	if h.opt.PprofDir != "" {
 		h.profile(ctx, res, "heap", 0, "heap-backlog.pprof")

@@ -75,7 +75,9 @@ func (h *harness) rows(res *results) []row {
 			return r
 		}
 		rows = append(rows,
-			row{Figure: fmt.Sprintf("RSS with %d deliveries held", res.BacklogN), Value: mib(res.BacklogRSS)},
+			row{Figure: fmt.Sprintf("RSS with %d deliveries held (anon + file)", res.BacklogN),
+				Value: fmt.Sprintf("%s (%s + %s)", mib(res.BacklogMem.RSS), mib(res.BacklogMem.Anon), mib(res.BacklogMem.File))},
+			row{Figure: "peak anonymous RSS (sampled; heap, not mapped files)", Value: mib(res.PeakAnon)},
 			assert(row{Figure: "peak RSS (fill, hold, drain)", Value: mib(res.PeakRSS), Target: "≤ " + mib(targetRSS)},
 				res.PeakRSS > 0 && res.PeakRSS <= targetRSS))
 		if res.DrainComplete {

@@ -399,11 +399,12 @@ func (s *sidecar) Profile(ctx context.Context, kind string, seconds int, path st
 
 // memSampler records the sidecar's highest RSS while it runs.
 type memSampler struct {
-	once sync.Once
-	stop chan struct{}
-	done chan struct{}
-	mu   sync.Mutex
-	peak int64
+	once     sync.Once
+	stop     chan struct{}
+	done     chan struct{}
+	mu       sync.Mutex
+	peak     int64 // max of sampled VmRSS and, if used, VmHWM
+	peakAnon int64 // max of sampled RssAnon
 }
 
 // sampleMem reads the sidecar's memory every interval until Stop. useHWM
@@ -421,6 +422,7 @@ func sampleMem(s *sidecar, interval time.Duration, useHWM bool) *memSampler {
 				if useHWM {
 					m.peak = max(m.peak, ms.HWM)
 				}
+				m.peakAnon = max(m.peakAnon, ms.Anon)
 				m.mu.Unlock()
 			}
 			select {
@@ -433,16 +435,11 @@ func sampleMem(s *sidecar, interval time.Duration, useHWM bool) *memSampler {
 	return m
 }
 
-// Peak is the highest RSS or VmHWM seen so far.
-func (m *memSampler) Peak() int64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.peak
-}
-
-// Stop ends sampling and returns the peak.
-func (m *memSampler) Stop() int64 {
+// Stop ends sampling (once) and returns the peak RSS and peak anonymous RSS.
+func (m *memSampler) Stop() (peak, peakAnon int64) {
 	m.once.Do(func() { close(m.stop) })
 	<-m.done
-	return m.Peak()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.peak, m.peakAnon
 }

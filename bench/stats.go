@@ -84,34 +84,38 @@ func (l ledger) String() string {
 }
 
 // memStatus is what the harness reads from /proc/<pid>/status, in bytes.
+// Anon and File split RSS into heap-like memory and mapped file pages
+// (Badger mmaps its tables and logs); they are 0 on kernels without them.
 type memStatus struct {
-	RSS, HWM int64
+	RSS, HWM   int64
+	Anon, File int64
 }
 
-// parseProcStatus reads VmRSS and VmHWM from the text of /proc/<pid>/status.
+// parseProcStatus reads VmRSS, VmHWM, RssAnon and RssFile from the text of
+// /proc/<pid>/status; the first two are required.
 func parseProcStatus(r io.Reader) (memStatus, error) {
 	var m memStatus
+	fields := map[string]*int64{"VmRSS": &m.RSS, "VmHWM": &m.HWM, "RssAnon": &m.Anon, "RssFile": &m.File}
 	var seen int
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (key != "VmRSS" && key != "VmHWM") {
+		dst := fields[key]
+		if !ok || dst == nil {
 			continue
 		}
-		fields := strings.Fields(val)
-		if len(fields) != 2 || fields[1] != "kB" {
+		f := strings.Fields(val)
+		if len(f) != 2 || f[1] != "kB" {
 			return m, fmt.Errorf("parse %s: unexpected value %q", key, val)
 		}
-		kb, err := strconv.ParseInt(fields[0], 10, 64)
+		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
 			return m, fmt.Errorf("parse %s: %w", key, err)
 		}
-		if key == "VmRSS" {
-			m.RSS = kb << 10
-		} else {
-			m.HWM = kb << 10
+		*dst = kb << 10
+		if key == "VmRSS" || key == "VmHWM" {
+			seen++
 		}
-		seen++
 	}
 	if err := sc.Err(); err != nil {
 		return m, fmt.Errorf("read proc status: %w", err)

@@ -68,13 +68,14 @@ func TestLedgerBalanced(t *testing.T) {
 }
 
 func TestParseProcStatus(t *testing.T) {
-	const status = "Name:\tcaddy\nVmPeak:\t 2000000 kB\nVmHWM:\t  262144 kB\nVmRSS:\t  131072 kB\nThreads:\t12\n"
+	const status = "Name:\tcaddy\nVmPeak:\t 2000000 kB\nVmHWM:\t  262144 kB\nVmRSS:\t  131072 kB\n" +
+		"RssAnon:\t   98304 kB\nRssFile:\t   32768 kB\nRssShmem:\t       0 kB\nThreads:\t12\n"
 	m, err := parseProcStatus(strings.NewReader(status))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.HWM != 256<<20 || m.RSS != 128<<20 {
-		t.Errorf("got RSS %d HWM %d, want 128 MiB and 256 MiB", m.RSS, m.HWM)
+	if m.HWM != 256<<20 || m.RSS != 128<<20 || m.Anon != 96<<20 || m.File != 32<<20 {
+		t.Errorf("got %+v, want RSS 128 MiB, HWM 256 MiB, anon 96 MiB, file 32 MiB", m)
 	}
 	for _, bad := range []string{"Name:\tx\n", "VmRSS:\t12 MB\nVmHWM:\t1 kB\n", "VmRSS:\tabc kB\nVmHWM:\t1 kB\n"} {
 		if _, err := parseProcStatus(strings.NewReader(bad)); err == nil {
