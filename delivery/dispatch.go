@@ -9,6 +9,10 @@ import (
 	"github.com/caddy-webhooks/caddy-webhooks/queue"
 )
 
+// readyAhead is how many MaxInFlight's worth of due jobs a subscription
+// keeps taken ahead of its free slots.
+const readyAhead = 4
+
 // schedule is the one scheduler goroutine. It runs a dispatch pass at start
 // and whenever something may have made work startable: a commit that made a
 // delivery due (store.Notify), the timer of the earliest known future due
@@ -32,7 +36,15 @@ func (e *Engine) schedule() {
 // flight) jobs, further bounded by its breaker (failures + in flight stay
 // below PauseAfter). The starting subscription rotates on every pass, so a
 // subscription with a huge backlog cannot starve the others.
+//
+// Each subscription keeps up to readyAhead × MaxInFlight taken jobs ready
+// beyond those it can start, refilled when fewer than MaxInFlight are left,
+// so most freed slots are refilled without a store read (a read waits for
+// the commit in progress). The ready jobs are given back when the
+// subscription is paused, activated or the engine stops.
 func (e *Engine) dispatch() {
+	e.passMu.Lock()
+	defer e.passMu.Unlock()
 	rt := e.rt.Load()
 	subs := e.store.Subscriptions()
 	if len(subs) == 0 {
@@ -56,14 +68,15 @@ func (e *Engine) dispatch() {
 		sub := subs[(start+i)%len(subs)]
 		e.ensureKnown(sub.ID)
 		if e.breakers.Paused(sub.ID) {
+			e.holdReadyLocked(sub.ID)
 			continue
 		}
 		e.mu.Lock()
 		n := min(free, rt.cfg.MaxInFlight-e.inflight[sub.ID])
 		e.mu.Unlock()
-		// The breaker admits attempts one by one below; bounding the take
-		// by it too avoids taking jobs only to give them back. With nothing
-		// in flight it admits one even past a lowered threshold.
+		// The breaker admits attempts one by one below; bounding by it
+		// here too avoids taking jobs only to keep them waiting. With
+		// nothing in flight it admits one even past a lowered threshold.
 		flying := e.breakers.InFlight(sub.ID)
 		room := e.breakers.PauseAfter() - e.breakers.Failures(sub.ID) - flying
 		if flying == 0 {
@@ -73,32 +86,58 @@ func (e *Engine) dispatch() {
 		if n <= 0 {
 			continue
 		}
-		jobs, next, err := e.store.Take(sub.ID, n, now)
-		if err != nil {
-			if errors.Is(err, queue.ErrClosed) {
-				return
+		ready := e.ready[sub.ID]
+		if len(ready) < n+rt.cfg.MaxInFlight {
+			jobs, next, err := e.store.Take(sub.ID, n+readyAhead*rt.cfg.MaxInFlight-len(ready), now)
+			if err != nil {
+				if errors.Is(err, queue.ErrClosed) {
+					return
+				}
+				e.log.Error("take due deliveries", zap.String("subscription", sub.ID), zap.Error(err))
 			}
-			e.log.Error("take due deliveries", zap.String("subscription", sub.ID), zap.Error(err))
-			continue
+			if next.After(now) && (earliest.IsZero() || next.Before(earliest)) {
+				earliest = next
+			}
+			ready = append(ready, jobs...)
 		}
-		if next.After(now) && (earliest.IsZero() || next.Before(earliest)) {
-			earliest = next
-		}
-		for _, job := range jobs {
+		for n > 0 && len(ready) > 0 {
 			ticket, ok := e.breakers.Start(sub.ID)
 			if !ok {
-				// Paused (or at its threshold) since the take.
-				e.store.Hold(job)
-				continue
+				break // paused or at its threshold since: the jobs wait
 			}
+			job := ready[0]
+			ready = ready[1:]
 			if !e.handOut(task{job: job, sub: sub, ticket: ticket}) {
+				// Stopping: the engine goes away with its breakers, so
+				// the ticket needs no outcome; Stop gives the rest back.
 				e.store.Hold(job)
+				e.setReadyLocked(sub.ID, ready)
 				return
 			}
+			n--
 			free--
 		}
+		e.setReadyLocked(sub.ID, ready)
 	}
 	e.noteDue(earliest)
+}
+
+// setReadyLocked stores a subscription's ready jobs. Caller holds passMu.
+func (e *Engine) setReadyLocked(subID string, ready []queue.Job) {
+	if len(ready) == 0 {
+		delete(e.ready, subID)
+		return
+	}
+	e.ready[subID] = ready
+}
+
+// holdReadyLocked gives a subscription's ready jobs back to the store.
+// Caller holds passMu.
+func (e *Engine) holdReadyLocked(subID string) {
+	for _, job := range e.ready[subID] {
+		e.store.Hold(job)
+	}
+	delete(e.ready, subID)
 }
 
 // handOut counts the task in flight and gives it to a worker. It returns

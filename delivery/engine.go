@@ -130,6 +130,11 @@ type Engine struct {
 	started  bool
 	stopped  bool
 
+	// passMu is held by a dispatch pass; it guards ready, which admin
+	// actions must empty before they move deliveries.
+	passMu sync.Mutex
+	ready  map[string][]queue.Job // taken, due, not started yet, per subscription
+
 	// outcomeMu orders breaker outcomes and their store updates, so the
 	// count persisted last is the breaker's latest one, and keeps admin
 	// state changes (activate, pause) from interleaving with them.
@@ -189,6 +194,7 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		events:   newEventCache(eventCacheEntries, eventCacheBytes),
 		inflight: make(map[string]int),
 		known:    make(map[string]bool),
+		ready:    make(map[string][]queue.Job),
 		wake:     make(chan struct{}, 1),
 		work:     make(chan task),
 		stopping: make(chan struct{}),
@@ -266,6 +272,11 @@ func (e *Engine) Stop(ctx context.Context) error {
 	e.abort()
 	<-done
 	e.wg.Wait()
+	e.passMu.Lock()
+	for id := range e.ready {
+		e.holdReadyLocked(id)
+	}
+	e.passMu.Unlock()
 
 	e.timerMu.Lock()
 	if e.timer != nil {
@@ -323,6 +334,11 @@ func (e *Engine) Config() Config {
 // from the store at every dispatch.
 func (e *Engine) SubscriptionChanged(id string) {
 	sub, err := e.store.Subscription(id)
+	if errors.Is(err, queue.ErrNotFound) {
+		e.passMu.Lock()
+		delete(e.ready, id) // its deliveries are gone with it
+		e.passMu.Unlock()
+	}
 	e.mu.Lock()
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
@@ -345,6 +361,23 @@ func (e *Engine) Activate(ctx context.Context, id string, discard bool) (queue.S
 		return queue.Subscription{}, fmt.Errorf("activate subscription %s: %w", id, err)
 	}
 	e.ensureKnown(id)
+	sub, err := e.activate(ctx, id, discard)
+	e.Kick()
+	if err != nil {
+		return sub, fmt.Errorf("activate subscription %s: %w", id, err)
+	}
+	if e.hooks.Activated != nil {
+		e.hooks.Activated(sub)
+	}
+	return sub, nil
+}
+
+// activate does the work of Activate with no dispatch pass running, after
+// giving back the jobs kept ready, so the release is in order.
+func (e *Engine) activate(ctx context.Context, id string, discard bool) (queue.Subscription, error) {
+	e.passMu.Lock()
+	defer e.passMu.Unlock()
+	e.holdReadyLocked(id)
 	e.outcomeMu.Lock()
 	sub, err := e.store.SetState(ctx, id, queue.StateActive, 0)
 	if err == nil {
@@ -352,18 +385,14 @@ func (e *Engine) Activate(ctx context.Context, id string, discard bool) (queue.S
 	}
 	e.outcomeMu.Unlock()
 	if err != nil {
-		return queue.Subscription{}, fmt.Errorf("activate subscription %s: %w", id, err)
+		return queue.Subscription{}, err
 	}
 	if discard {
 		if _, err := e.store.Drop(ctx, id); err != nil {
-			return sub, fmt.Errorf("activate subscription %s: drop its deliveries: %w", id, err)
+			return sub, fmt.Errorf("drop its deliveries: %w", err)
 		}
 	} else if err := e.store.Release(ctx, id); err != nil {
-		return sub, fmt.Errorf("activate subscription %s: release its deliveries: %w", id, err)
-	}
-	e.Kick()
-	if e.hooks.Activated != nil {
-		e.hooks.Activated(sub)
+		return sub, fmt.Errorf("release its deliveries: %w", err)
 	}
 	return sub, nil
 }

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -14,11 +15,10 @@ import (
 // second subscriber that hangs until the timeout, and returns how long the
 // quick one took to receive them all. Real clock: the hang is real.
 func fastRun(t *testing.T, n int, withHanging bool) time.Duration {
-	cfg := delivery.Config{Workers: 16, MaxInFlight: 4, Timeout: 30 * time.Second}
+	cfg := delivery.Config{Workers: 8, MaxInFlight: 4, PauseAfter: 100, Timeout: 30 * time.Second}
 	h := newHarness(t, cfg, func(o *delivery.Options) {
 		o.Clock = policy.SystemClock{}
 		o.Hooks = delivery.Hooks{}
-		o.Grace = 100 * time.Millisecond
 	})
 	release := make(chan struct{})
 	if withHanging {
@@ -29,16 +29,20 @@ func fastRun(t *testing.T, n int, withHanging bool) time.Duration {
 			}
 		})
 		h.subscribe("sub_slow", slow.url(), func(s *queue.Subscription) { s.Events = []string{"slow"} })
-		for range 50 {
-			h.emit("slow", `{}`)
-		}
+		h.emitMany("slow", 50)
 		slow.waitRequests(t, 4) // its slots are all taken and hanging
 	}
 	fast := newSubscriber(t, nil)
 	h.subscribe("sub_fast", fast.url(), func(s *queue.Subscription) { s.Events = []string{"fast"} })
+	// The backlog is stored while the subscription is paused, then
+	// released at once: the clock measures deliveries, not emits.
+	if _, err := h.eng.Pause(context.Background(), "sub_fast"); err != nil {
+		t.Fatal(err)
+	}
+	h.emitMany("fast", n)
 	start := time.Now()
-	for range n {
-		h.emit("fast", `{"k":"v"}`)
+	if _, err := h.eng.Activate(context.Background(), "sub_fast", false); err != nil {
+		t.Fatal(err)
 	}
 	fast.waitRequests(t, n)
 	took := time.Since(start)
@@ -49,18 +53,27 @@ func fastRun(t *testing.T, n int, withHanging bool) time.Duration {
 
 // A subscriber that hangs until the timeout holds only its own
 // max_in_flight slots: another subscriber's deliveries are not slowed by
-// more than 2×.
+// more than 2×. The runs alternate and each side keeps its best of three,
+// so a burst of load from elsewhere on the machine does not decide it.
 func TestHangingSubscriberDoesNotSlowOthers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing comparison")
 	}
-	const n = 300
-	base := fastRun(t, n, false)
-	with := fastRun(t, n, true)
-	t.Logf("%d deliveries: %v alone, %v beside a hanging subscriber", n, base, with)
-	// A small absolute allowance keeps scheduler noise on a shared
-	// machine from failing a run whose baseline is only milliseconds.
-	if with > 2*base+100*time.Millisecond {
+	const n = 200
+	var base, with time.Duration
+	for range 3 {
+		b, w := fastRun(t, n, false), fastRun(t, n, true)
+		if base == 0 || b < base {
+			base = b
+		}
+		if with == 0 || w < with {
+			with = w
+		}
+	}
+	t.Logf("%d deliveries: %v alone, %v beside a hanging subscriber (best of 3)", n, base, with)
+	// A small absolute allowance keeps a baseline of a few milliseconds
+	// from turning scheduler noise into a failure.
+	if with > 2*base+50*time.Millisecond {
 		t.Fatalf("beside a hanging subscriber: %v, alone: %v (more than 2× slower)", with, base)
 	}
 }

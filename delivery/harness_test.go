@@ -175,6 +175,36 @@ func (h *harness) emit(typ string, data string, mut ...func(*queue.Event)) queue
 	return ev
 }
 
+// emitMany stores n events of type typ from 8 goroutines at once, so the
+// store can group their commits.
+func (h *harness) emitMany(typ string, n int) {
+	h.t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				ev := queue.Event{ID: fmt.Sprintf("evt_%026d", h.seq.Add(1)), Type: typ, Time: h.clock.Now(), Data: json.RawMessage(`{"k":"v"}`)}
+				if _, err := h.store.Enqueue(context.Background(), ev, h.store.Match(typ), ""); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		h.t.Fatalf("enqueue: %v", err)
+	}
+}
+
 // waitAttempts waits for n more attempts and returns them.
 func (h *harness) waitAttempts(n int) []attemptRec {
 	h.t.Helper()

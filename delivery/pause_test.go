@@ -2,9 +2,14 @@ package delivery_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-webhooks/caddy-webhooks/delivery"
 	"github.com/caddy-webhooks/caddy-webhooks/policy"
@@ -120,7 +125,8 @@ func TestSuccessResetsCount(t *testing.T) {
 
 // A 410 Gone pauses at once: one attempt, whatever the backlog.
 func TestGonePausesAtOnce(t *testing.T) {
-	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	core, logs := observer.New(zap.WarnLevel)
+	h := newHarness(t, delivery.Config{MaxInFlight: 1}, func(o *delivery.Options) { o.Logger = zap.New(core) })
 	s := newSubscriber(t, status(http.StatusGone, "unsubscribed"))
 	h.subscribe("sub_a", s.url())
 	for range 3 {
@@ -141,6 +147,13 @@ func TestGonePausesAtOnce(t *testing.T) {
 	fs := h.failures("sub_a")
 	if len(fs) != 1 || fs[0].StatusCode != 410 || fs[0].ResponseBody != "unsubscribed" {
 		t.Fatalf("failure log %+v, want one 410 entry with its body", fs)
+	}
+	warn := logs.FilterMessage("subscription paused").AllUntimed()
+	if len(warn) != 1 || warn[0].Level != zap.WarnLevel {
+		t.Fatalf("pause logs %+v, want one WARN", warn)
+	}
+	if f := warn[0].ContextMap(); f["subscription"] != "sub_a" || !strings.Contains(fmt.Sprint(f["last_error"]), "410") {
+		t.Fatalf("pause log fields %v, want the subscription and the last error", f)
 	}
 }
 

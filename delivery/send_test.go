@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"net"
@@ -73,12 +74,33 @@ func TestFailureKinds(t *testing.T) {
 		bodyLen int    // when the body is checked by length
 		errHas  string
 		outcome string
+		timeout time.Duration // default 5s: generous for TLS under -race
 	}{
 		{
 			name:    "500 with body",
 			url:     func(t *testing.T) string { return newSubscriber(t, status(500, `{"error":"db down"}`)).url() },
 			status:  500,
 			body:    `{"error":"db down"}`,
+			errHas:  "HTTP 500",
+			outcome: "failure",
+		},
+		{
+			// The body is read (and capped) after transparent decompression.
+			name: "gzip-compressed 500 body",
+			url: func(t *testing.T) string {
+				return newSubscriber(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+					if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+						t.Errorf("the client did not offer gzip")
+					}
+					w.Header().Set("Content-Encoding", "gzip")
+					w.WriteHeader(500)
+					zw := gzip.NewWriter(w)
+					zw.Write([]byte(strings.Repeat("ab", 5000)))
+					zw.Close()
+				}).url()
+			},
+			status:  500,
+			body:    strings.Repeat("ab", 2048),
 			errHas:  "HTTP 500",
 			outcome: "failure",
 		},
@@ -119,8 +141,9 @@ func TestFailureKinds(t *testing.T) {
 			url: func(t *testing.T) string {
 				return newSubscriber(t, func(_ http.ResponseWriter, r *http.Request, _ int) { <-r.Context().Done() }).url()
 			},
-			errHas:  "timeout: no response within",
+			errHas:  "timeout: no response within 300ms",
 			outcome: "error",
+			timeout: 300 * time.Millisecond,
 		},
 		{
 			name: "body never ends",
@@ -135,6 +158,7 @@ func TestFailureKinds(t *testing.T) {
 			status:  200,
 			errHas:  "response body did not end",
 			outcome: "error",
+			timeout: 300 * time.Millisecond,
 		},
 		{
 			name: "redirect not followed",
@@ -185,7 +209,10 @@ func TestFailureKinds(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, delivery.Config{Timeout: 500 * time.Millisecond})
+			if tc.timeout == 0 {
+				tc.timeout = 5 * time.Second
+			}
+			h := newHarness(t, delivery.Config{Timeout: tc.timeout})
 			url := tc.url(t)
 			h.subscribe("sub_a", url)
 			ev := h.emit("lead.created", `{}`)
