@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
@@ -203,7 +202,7 @@ func (e *Engine) Test(ctx context.Context, id string) (TestResult, error) {
 			attrAttempt.Int(1),
 			attrMethod.String(http.MethodPost),
 			attrURL.String(sub.URL),
-			attribute.Bool(string(attrSpanTestEvent), true),
+			attrSpanTestEvent.Bool(true),
 		))
 	defer span.End()
 	o := e.post(ctx, rt.client, sub, message{id: evID, typ: testEventType, body: body})

@@ -155,7 +155,7 @@ type Engine struct {
 }
 
 // task is one job handed to a worker, with the subscription as it was when
-// the job was taken and the breaker ticket that admitted it.
+// the attempt was started and the breaker ticket that admitted it.
 type task struct {
 	job    queue.Job
 	sub    queue.Subscription
@@ -259,7 +259,9 @@ func (e *Engine) Stop(ctx context.Context) error {
 		e.attempts.Wait()
 		close(done)
 	}()
-	grace := e.clockFreeTimer(e.grace)
+	// Real time even with a fake clock: it bounds a real wait for real
+	// HTTP requests.
+	grace := time.NewTimer(e.grace)
 	var errs []error
 	select {
 	case <-done:
@@ -300,10 +302,6 @@ func (e *Engine) Stop(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
-
-// clockFreeTimer is the grace timer of Stop. It runs on real time even with
-// a fake clock: it bounds a real wait for real HTTP requests.
-func (e *Engine) clockFreeTimer(d time.Duration) *time.Timer { return time.NewTimer(d) }
 
 // Update pushes a new configuration into the running engine (config reload).
 // Attempts in flight finish with the configuration they started with.
