@@ -45,7 +45,7 @@ type attemptRec struct {
 // harness is a real store in a temp dir with an engine over it, a fake
 // clock, and the engine's hooks turned into channels.
 type harness struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	clock    *policy.FakeClock
 	cfg      delivery.Config
@@ -60,7 +60,7 @@ type harness struct {
 
 // newHarness opens a store in a fresh directory and starts an engine on it.
 // cfg.AllowNetworks is loopback unless the caller set it; jitter is off.
-func newHarness(t *testing.T, cfg delivery.Config, tweak ...func(*delivery.Options)) *harness {
+func newHarness(t testing.TB, cfg delivery.Config, tweak ...func(*delivery.Options)) *harness {
 	t.Helper()
 	if cfg.AllowNetworks == nil {
 		cfg.AllowNetworks = loopback
@@ -307,7 +307,7 @@ type subscriber struct {
 	respond func(w http.ResponseWriter, r *http.Request, n int)
 }
 
-func newSubscriber(t *testing.T, respond func(w http.ResponseWriter, r *http.Request, n int)) *subscriber {
+func newSubscriber(t testing.TB, respond func(w http.ResponseWriter, r *http.Request, n int)) *subscriber {
 	t.Helper()
 	s := &subscriber{arrived: make(chan request, 4096), respond: respond}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
@@ -355,7 +355,7 @@ func status(code int, body string) func(http.ResponseWriter, *http.Request, int)
 }
 
 // waitRequests waits until the subscriber has received n requests in all.
-func (s *subscriber) waitRequests(t *testing.T, n int) []request {
+func (s *subscriber) waitRequests(t testing.TB, n int) []request {
 	t.Helper()
 	timeout := time.After(wait)
 	for s.count() < n {
