@@ -56,7 +56,7 @@ func (e *Engine) deliver(t task) {
 	} else {
 		o = e.post(ctx, rt.client, t.sub, message{id: ev.ID, typ: ev.Type, body: body})
 	}
-	if e.runCtx.Err() != nil && !o.success() {
+	if e.runCtx.Err() != nil && errors.Is(o.err, context.Canceled) {
 		// Cancelled by Stop after the grace: not the subscriber's fault.
 		// Nothing is recorded; the delivery is sent again (same
 		// webhook-id) by the next engine.
