@@ -152,18 +152,35 @@ func decodeEvent(id string, v []byte, withData bool) (eventRecord, error) {
 
 // ---- due entries -------------------------------------------------------
 
-func encodeDue(attempts int, eventID string) []byte {
-	b := make([]byte, 0, 2+len(eventID))
-	b = appendUvarint(b, uint64(attempts))
-	return append(b, eventID...)
+// dueVal is the value of a due entry: what Take hands out and what an
+// outcome needs to know without reading other records.
+type dueVal struct {
+	attempts int
+	record   bool // a delivery record exists (an attempt was made, or redelivered)
+	fanout   int  // how many subscriptions the event went to
+	eventID  string
 }
 
-func decodeDue(v []byte) (attempts int, eventID string, err error) {
-	a, n := binary.Uvarint(v)
-	if n <= 0 {
-		return 0, "", errCorrupt
+func encodeDue(v dueVal) []byte {
+	b := make([]byte, 0, 4+len(v.eventID))
+	b = appendUvarint(b, uint64(v.attempts))
+	if v.record {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
 	}
-	return int(a), string(v[n:]), nil
+	b = appendUvarint(b, uint64(v.fanout))
+	return append(b, v.eventID...)
+}
+
+func decodeDue(b []byte) (dueVal, error) {
+	d := decoder{b: b}
+	v := dueVal{attempts: int(d.uvarint()), record: d.byte() == 1, fanout: int(d.uvarint())}
+	if d.err != nil {
+		return v, d.err
+	}
+	v.eventID = string(d.b)
+	return v, nil
 }
 
 // ---- delivery records --------------------------------------------------
@@ -225,16 +242,32 @@ func (r *delivRecord) encode() []byte {
 	return b
 }
 
-func decodeDeliv(v []byte) (delivRecord, error) {
+// decodeDelivHead decodes a delivery record without its attempt log.
+func decodeDelivHead(v []byte) (delivRecord, error) {
 	d := decoder{b: v}
+	r := decodeDelivFixed(&d)
+	return r, d.err
+}
+
+func decodeDelivFixed(d *decoder) delivRecord {
 	var r delivRecord
 	if d.byte() != codecV1 {
-		return r, errCorrupt
+		d.fail()
+		return r
 	}
 	r.State = d.byte()
 	r.Attempts = int(d.uvarint())
 	r.Next = d.time()
 	r.DoneAt = d.time()
+	return r
+}
+
+func decodeDeliv(v []byte) (delivRecord, error) {
+	d := decoder{b: v}
+	r := decodeDelivFixed(&d)
+	if d.err != nil {
+		return r, d.err
+	}
 	n := d.uvarint()
 	if n > maxAttemptLog {
 		return r, errCorrupt

@@ -216,8 +216,8 @@ func (s *store) load() error {
 				s.seq = seq
 			}
 			if err := item.Value(func(v []byte) error {
-				attempts, _, err := decodeDue(v)
-				if attempts > 0 {
+				dv, err := decodeDue(v)
+				if dv.attempts > 0 {
 					st.retrying.Add(1)
 				}
 				return err

@@ -51,7 +51,7 @@ func (o *enqueueOp) apply(b *batch) error {
 	if err := b.set(eventKey(o.ev.ID), encodeEvent(&o.ev, subs)); err != nil {
 		return err
 	}
-	v := encodeDue(0, o.ev.ID)
+	v := encodeDue(dueVal{fanout: len(subs), eventID: o.ev.ID})
 	for _, id := range subs {
 		k := dueKey(id, due, b.nextSeq())
 		if err := b.set(k, v); err != nil {
@@ -126,9 +126,12 @@ func (o *outcomeOp) apply(b *batch) error {
 	if err := b.txn.Delete(job.key); err != nil {
 		return err
 	}
-	d, _, err := b.getDeliv(job.EventID, sub)
-	if err != nil {
-		return err
+	var d delivRecord
+	if job.record {
+		var err error
+		if d, _, err = b.getDeliv(job.EventID, sub); err != nil {
+			return err
+		}
 	}
 	if o.attempt.Attempt == 0 {
 		o.attempt.Attempt = job.Attempts + 1
@@ -143,7 +146,7 @@ func (o *outcomeOp) apply(b *batch) error {
 	case outReschedule:
 		d.State, d.Next = dLive, o.at
 		k := dueKey(sub, o.at, seq)
-		if err := b.set(k, encodeDue(d.Attempts, job.EventID)); err != nil {
+		if err := b.set(k, encodeDue(dueVal{attempts: d.Attempts, record: true, fanout: job.fanout, eventID: job.EventID})); err != nil {
 			return err
 		}
 		if job.Attempts == 0 {
@@ -167,7 +170,7 @@ func (o *outcomeOp) apply(b *batch) error {
 		return err
 	}
 	if d.State != dLive {
-		if err := b.settle(job.EventID, sub); err != nil {
+		if err := b.settle(job.EventID, sub, job.fanout); err != nil {
 			return err
 		}
 	}
@@ -336,7 +339,7 @@ func (o *moveOp) apply(b *batch) error {
 			continue
 		}
 		_, _, seq, _ := parseDueKey(e.key)
-		attempts, eventID, err := decodeDue(e.val)
+		dv, err := decodeDue(e.val)
 		if err != nil {
 			return fmt.Errorf("decode due entry: %w", err)
 		}
@@ -348,14 +351,14 @@ func (o *moveOp) apply(b *batch) error {
 			return err
 		}
 		b.available(o.sub, k, o.at)
-		if attempts > 0 {
-			d, ok, err := b.getDeliv(eventID, o.sub)
+		if dv.record {
+			d, ok, err := b.getDeliv(dv.eventID, o.sub)
 			if err != nil {
 				return err
 			}
 			if ok {
 				d.Next = o.at
-				if err := b.set(delivKey(eventID, o.sub), d.encode()); err != nil {
+				if err := b.set(delivKey(dv.eventID, o.sub), d.encode()); err != nil {
 					return err
 				}
 			}
@@ -385,26 +388,28 @@ func (o *dropOp) apply(b *batch) error {
 			}
 			continue
 		}
-		attempts, eventID, err := decodeDue(e.val)
+		dv, err := decodeDue(e.val)
 		if err != nil {
 			return fmt.Errorf("decode due entry: %w", err)
 		}
 		if err := b.txn.Delete(e.key); err != nil {
 			return err
 		}
-		d, _, err := b.getDeliv(eventID, o.sub)
-		if err != nil {
-			return err
+		var d delivRecord
+		if dv.record {
+			if d, _, err = b.getDeliv(dv.eventID, o.sub); err != nil {
+				return err
+			}
 		}
 		d.State, d.Next, d.DoneAt = dDropped, time.Time{}, b.now
-		if err := b.set(delivKey(eventID, o.sub), d.encode()); err != nil {
+		if err := b.set(delivKey(dv.eventID, o.sub), d.encode()); err != nil {
 			return err
 		}
-		if err := b.settle(eventID, o.sub); err != nil {
+		if err := b.settle(dv.eventID, o.sub, dv.fanout); err != nil {
 			return err
 		}
 		fx.live--
-		if attempts > 0 {
+		if dv.attempts > 0 {
 			fx.retrying--
 		}
 		o.n++
@@ -432,6 +437,7 @@ func (o *redeliverOp) apply(b *batch) error {
 	if !ok {
 		return fmt.Errorf("redeliver event %s: %w", o.eventID, ErrNotFound)
 	}
+	allSubs := subs
 	if o.sub != "" {
 		if !contains(subs, o.sub) {
 			return fmt.Errorf("redeliver event %s to %s: delivery %w", o.eventID, o.sub, ErrNotFound)
@@ -459,7 +465,7 @@ func (o *redeliverOp) apply(b *batch) error {
 			return err
 		}
 		k := dueKey(id, b.now, b.nextSeq())
-		if err := b.set(k, encodeDue(0, o.eventID)); err != nil {
+		if err := b.set(k, encodeDue(dueVal{record: true, fanout: len(allSubs), eventID: o.eventID})); err != nil {
 			return err
 		}
 		b.effect(id).live++
@@ -484,13 +490,9 @@ func (o *gcOp) size() int       { return 64 * len(o.keys) }
 
 func (o *gcOp) apply(b *batch) error {
 	o.n = 0
+	// A key another collect already handled is harmless: its event is gone
+	// (skipped below) or was kept, and is judged the same way again.
 	for _, gk := range o.keys {
-		if _, ok, err := b.get(gk); err != nil || !ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
 		if err := b.txn.Delete(gk); err != nil {
 			return err
 		}
@@ -506,7 +508,7 @@ func (o *gcOp) apply(b *batch) error {
 		keep := false
 		var last time.Time
 		for i, id := range subs {
-			d, ok, err := b.getDeliv(eventID, id)
+			d, ok, err := b.getDelivHead(eventID, id)
 			if err != nil {
 				return err
 			}

@@ -152,6 +152,10 @@ type Job struct {
 	Due time.Time
 	// key is the due-index key; opaque to callers.
 	key []byte
+	// record and fanout come from the due entry (see dueVal): the outcome
+	// needs no extra reads for a first attempt of a single-subscriber event.
+	record bool
+	fanout int
 }
 
 // Attempt is the record of one delivery attempt.

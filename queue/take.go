@@ -99,19 +99,17 @@ func (s *store) take(subID string, max int, now time.Time) ([]Job, time.Time, er
 				cursor = item.KeyCopy(nil)
 				break
 			}
-			var (
-				attempts int
-				eventID  string
-			)
+			var dv dueVal
 			if err := item.Value(func(v []byte) error {
 				var err error
-				attempts, eventID, err = decodeDue(v)
+				dv, err = decodeDue(v)
 				return err
 			}); err != nil {
 				return fmt.Errorf("read due entry %q: %w", k, err)
 			}
 			key := item.KeyCopy(nil)
-			jobs = append(jobs, Job{SubscriptionID: subID, EventID: eventID, Attempts: attempts, Due: due, key: key})
+			jobs = append(jobs, Job{SubscriptionID: subID, EventID: dv.eventID, Attempts: dv.attempts, Due: due,
+				key: key, record: dv.record, fanout: dv.fanout})
 			cursor = keySuccessor(key)
 		}
 		return nil

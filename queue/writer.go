@@ -161,25 +161,47 @@ func (b *batch) eventSubs(eventID string) ([]string, bool, error) {
 
 // settle is called when subID's delivery of eventID became terminal: if the
 // event has no live delivery left, it is queued for garbage collection after
-// the retention.
-func (b *batch) settle(eventID, subID string) error {
-	subs, ok, err := b.eventSubs(eventID)
-	if err != nil || !ok {
-		return err
-	}
-	for _, other := range subs {
-		if other == subID {
-			continue
-		}
-		d, ok, err := b.getDeliv(eventID, other)
-		if err != nil {
+// the retention. fanout is the number of the event's subscriptions.
+func (b *batch) settle(eventID, subID string, fanout int) error {
+	if fanout != 1 {
+		subs, ok, err := b.eventSubs(eventID)
+		if err != nil || !ok {
 			return err
 		}
-		if !ok || d.State == dLive {
-			return nil
+		for _, other := range subs {
+			if other == subID {
+				continue
+			}
+			d, ok, err := b.getDelivHead(eventID, other)
+			if err != nil {
+				return err
+			}
+			if !ok || d.State == dLive {
+				return nil
+			}
 		}
 	}
 	return b.set(gcKey(b.now.Add(b.s.opts.Retention), eventID), nil)
+}
+
+// getDelivHead reads a delivery record without its attempt log.
+func (b *batch) getDelivHead(eventID, subID string) (delivRecord, bool, error) {
+	item, err := b.txn.Get(delivKey(eventID, subID))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return delivRecord{}, false, nil
+	}
+	if err != nil {
+		return delivRecord{}, false, err
+	}
+	var d delivRecord
+	err = item.Value(func(v []byte) error {
+		d, err = decodeDelivHead(v)
+		return err
+	})
+	if err != nil {
+		return d, false, fmt.Errorf("decode delivery %s/%s: %w", eventID, subID, err)
+	}
+	return d, true, nil
 }
 
 // logFailure writes a failure-log entry and its per-subscription index, and
