@@ -3,8 +3,8 @@ package queue
 import (
 	"context"
 	"os"
-	"strconv"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 )
