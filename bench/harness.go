@@ -106,6 +106,7 @@ type results struct {
 	PeakRSS       int64     // over fill, hold and drain
 	PeakAnon      int64     // highest sampled RssAnon over fill, hold and drain
 	PeakIsHWM     bool
+	ActivateTime  time.Duration // the activate call itself
 	DrainTime     time.Duration
 	DrainRate     float64
 	DrainComplete bool
@@ -338,7 +339,10 @@ func (h *harness) emitPhases(ctx context.Context, res *results, client *http.Cli
 		h.logf("sidecar: durable emits, closed loop c=%d, n=%d, at most %s", c, h.opt.N, h.opt.PhaseTime)
 		var prof sync.WaitGroup
 		if h.opt.PprofDir != "" && c == concurrencies[len(concurrencies)-1] {
-			prof.Go(func() { h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())-1, 1), "cpu-emit-c64.pprof") })
+			prof.Go(func() {
+				h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())-1, 1), "cpu-emit-c64.pprof")
+				h.profile(ctx, res, "goroutine", 0, "goroutines-emit-c64.txt")
+			})
 		}
 		r := h.emit(ctx, client, url, c, h.opt.N, h.opt.PhaseTime)
 		res.Emits[c] = r
@@ -449,15 +453,19 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 
 	res.Phase = "drain"
 	h.logf("sidecar: activating; timing the drain of %d", r.OK)
-	var prof sync.WaitGroup
-	if h.opt.PprofDir != "" {
-		prof.Go(func() { h.profile(ctx, res, "profile", 10, "cpu-drain.pprof") })
-	}
 	t0 := time.Now()
 	if err := h.car.Activate(ctx, h.subID); err != nil {
 		res.errorf("drain: %v", err)
-		prof.Wait()
 		return
+	}
+	res.ActivateTime = time.Since(t0)
+	// Profile the steady drain, after Activate has released the backlog.
+	var prof sync.WaitGroup
+	if h.opt.PprofDir != "" {
+		prof.Go(func() {
+			h.profile(ctx, res, "profile", 15, "cpu-drain.pprof")
+			h.profile(ctx, res, "goroutine", 0, "goroutines-drain.txt")
+		})
 	}
 	c, ok := h.waitDelivered(ctx, res, "drain")
 	prof.Wait()
@@ -479,6 +487,35 @@ func (h *harness) profile(ctx context.Context, res *results, kind string, second
 		return
 	}
 	res.Profiles = append(res.Profiles, path)
+}
+
+// undelivered asks the sidecar how many deliveries it has not delivered.
+// The subscriber sees a delivery before the sidecar has committed its
+// outcome, so the count is re-read (there is no signal to wait on) until it
+// matches want or settleWait passes; the last answer is returned, -1 if none.
+func (h *harness) undelivered(ctx context.Context, res *results, want int64) int64 {
+	const settleWait = 10 * time.Second
+	got := int64(-1)
+	deadline := time.Now().Add(settleWait)
+	for tick := time.NewTicker(50 * time.Millisecond); ; {
+		st, err := h.car.Stats(ctx)
+		if err != nil {
+			res.errorf("ledger: %v", err)
+			tick.Stop()
+			return got
+		}
+		got = st.Undelivered()
+		if got == want || time.Now().After(deadline) {
+			tick.Stop()
+			return got
+		}
+		select {
+		case <-ctx.Done():
+			tick.Stop()
+			return got
+		case <-tick.C:
+		}
+	}
 }
 
 // settle builds the ledger: every acknowledged sequence number against the
@@ -526,11 +563,7 @@ func (h *harness) settle(ctx context.Context, res *results) {
 		}
 	}
 	if h.car.Alive() {
-		if st, err := h.car.Stats(ctx); err == nil {
-			l.Undelivered = st.Undelivered()
-		} else {
-			res.errorf("ledger: %v", err)
-		}
+		l.Undelivered = h.undelivered(ctx, res, l.Missing)
 	}
 	res.Ledger, res.Ledgered = l, true
 }

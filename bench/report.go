@@ -83,6 +83,7 @@ func (h *harness) rows(res *results) []row {
 		if res.DrainComplete {
 			rows = append(rows,
 				row{Figure: fmt.Sprintf("drain time of %d after activate", res.BacklogN), Value: fmt.Sprintf("%.2f s", res.DrainTime.Seconds())},
+				row{Figure: "of which the activate call", Value: fmt.Sprintf("%.2f s", res.ActivateTime.Seconds())},
 				assert(row{Figure: "drain rate", Value: perSec(res.DrainRate), Ceiling: perSec(ceil), Ratio: ratio(res.DrainRate, ceil),
 					Target: fmt.Sprintf("≥ %.1f×", targetDeliveryRatio)}, res.DrainRate >= targetDeliveryRatio*ceil))
 		} else {

@@ -368,11 +368,15 @@ func (s *sidecar) ResetPeak() error {
 	return nil
 }
 
-// Profile fetches /debug/pprof/<kind> from the admin endpoint into path.
+// Profile fetches /debug/pprof/<kind> from the admin endpoint into path
+// (a goroutine dump as text).
 func (s *sidecar) Profile(ctx context.Context, kind string, seconds int, path string) error {
 	url := s.Admin + "/debug/pprof/" + kind
-	if seconds > 0 {
+	switch {
+	case seconds > 0:
 		url += fmt.Sprintf("?seconds=%d", seconds)
+	case kind == "goroutine":
+		url += "?debug=1" // text, grouped by stack
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
