@@ -22,6 +22,7 @@ type options struct {
 	LatencyTime time.Duration
 	Workers     int
 	InFlight    int
+	PauseAfter  int
 	Out         string
 	PprofDir    string
 	Keep        bool
@@ -57,6 +58,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.LatencyTime, "latency-time", 10*time.Second, "duration of each open-loop latency phase")
 	fs.IntVar(&o.Workers, "workers", 64, "sidecar: workers (attempts in flight)")
 	fs.IntVar(&o.InFlight, "max-in-flight", 64, "sidecar: max_in_flight per subscription")
+	fs.IntVar(&o.PauseAfter, "pause-after", 0, "sidecar: pause_after (0: the product default, 10); attempts in flight per subscription never exceed it")
 	fs.StringVar(&o.Out, "out", "", "results file (default <module>/bench/RESULTS.md)")
 	fs.StringVar(&o.PprofDir, "pprof", "", "if set, save sidecar CPU profiles (emit c=64, drain) and a heap profile (backlog held) here")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temp dir (sidecar storage, Caddyfile, log)")
@@ -212,7 +214,8 @@ func (h *harness) run(ctx context.Context) *results {
 	}
 	res.Commit = gitCommit(h.root)
 	h.logf("starting the sidecar %s", res.Binary)
-	h.car, err = startSidecar(ctx, res.Binary, h.tmp, h.opt.Workers, h.opt.InFlight)
+	h.car, err = startSidecar(ctx, res.Binary, h.tmp, sidecarConfig{
+		Workers: h.opt.Workers, InFlight: h.opt.InFlight, PauseAfter: h.opt.PauseAfter})
 	if err != nil {
 		res.errorf("sidecar: %v", err)
 		return res

@@ -131,8 +131,12 @@ func (h *harness) render(res *results) report {
 	fmt.Fprintf(&md, "- machine: %s\n", machine)
 	fmt.Fprintf(&md, "- Go: %s\n", runtime.Version())
 	if res.Binary != "" {
-		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d\n",
-			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight)
+		pause := "default (10)"
+		if h.opt.PauseAfter > 0 {
+			pause = fmt.Sprint(h.opt.PauseAfter)
+		}
+		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d, pause_after %s\n",
+			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight, pause)
 	}
 	fmt.Fprintf(&md, "- status: **%s**\n\n", status)
 	md.WriteString(markdownTable(rows))
@@ -210,6 +214,10 @@ through the admin API).
 - Ledger: every sequence number the sidecar answered 2xx for is checked
   against the subscriber's arrivals; those missing must equal what the
   sidecar's ` + "`/webhooks/stats`" + ` still counts as undelivered, or the run is void.
+- One subscription receives all events. The contract's exact pause rule
+  (failures + attempts in flight never exceed pause_after) caps its attempts
+  in flight at pause_after (default 10), whatever workers and max_in_flight
+  say; ` + "`-pause-after`" + ` raises it.
 - The machine is shared; numbers from one run are noisy. Compare ratios,
   which come from the same run.
 `

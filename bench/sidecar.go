@@ -112,9 +112,14 @@ type sidecarConfig struct {
 	AdminPort, EmitPort int
 	Storage             string
 	Workers, InFlight   int
+	PauseAfter          int // 0: not set
 }
 
 func (c sidecarConfig) caddyfile() string {
+	pause := ""
+	if c.PauseAfter > 0 {
+		pause = fmt.Sprintf("\n\t\tpause_after %d", c.PauseAfter)
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	persist_config off
@@ -123,14 +128,14 @@ func (c sidecarConfig) caddyfile() string {
 		storage %s
 		workers %d
 		max_in_flight %d
-		allow_networks 127.0.0.0/8
+		allow_networks 127.0.0.0/8%s
 	}
 }
 
 http://127.0.0.1:%d {
 	webhook_emit /emit/*
 }
-`, c.AdminPort, c.Storage, c.Workers, c.InFlight, c.EmitPort)
+`, c.AdminPort, c.Storage, c.Workers, c.InFlight, pause, c.EmitPort)
 }
 
 // sidecar is the running caddy child process.
@@ -145,9 +150,10 @@ type sidecar struct {
 	exitErr error
 }
 
-// startSidecar writes the Caddyfile into dir and runs bin with it, returning
+// startSidecar writes the Caddyfile (cfg's limits, free ports, storage in
+// dir) into dir and runs bin with it, returning
 // once Caddy logs that it serves the configuration.
-func startSidecar(ctx context.Context, bin, dir string, workers, inFlight int) (*sidecar, error) {
+func startSidecar(ctx context.Context, bin, dir string, cfg sidecarConfig) (*sidecar, error) {
 	admin, err := freePort()
 	if err != nil {
 		return nil, err
@@ -156,8 +162,7 @@ func startSidecar(ctx context.Context, bin, dir string, workers, inFlight int) (
 	if err != nil {
 		return nil, err
 	}
-	cfg := sidecarConfig{AdminPort: admin, EmitPort: emit, Storage: filepath.Join(dir, "webhooks"),
-		Workers: workers, InFlight: inFlight}
+	cfg.AdminPort, cfg.EmitPort, cfg.Storage = admin, emit, filepath.Join(dir, "webhooks")
 	cfgPath := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfgPath, []byte(cfg.caddyfile()), 0o644); err != nil {
 		return nil, fmt.Errorf("write Caddyfile: %w", err)
