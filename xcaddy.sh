@@ -12,6 +12,9 @@ root=$(cd "$(dirname "$0")" && pwd)
 XCADDY="github.com/caddyserver/xcaddy/cmd/xcaddy@v0.4.5"
 CADDY_VERSION="v2.11.9"
 MODULE="github.com/caddy-webhooks/caddy-webhooks"
+# An explicit (zero) version for the local replacement, so `go get` does
+# not ask the module proxy for a module that is only on this disk.
+PSEUDO="v0.0.0-00010101000000-000000000000"
 
 usage() {
 	echo "usage: $0 build [output] | run [caddy args...]" >&2
@@ -23,7 +26,7 @@ build() {
 	local out
 	out=$(realpath -m "$1")
 	mkdir -p "$(dirname "$out")"
-	(cd "$root" && go run "$XCADDY" build "$CADDY_VERSION" --with "$MODULE=." --output "$out")
+	(cd "$root" && go run "$XCADDY" build "$CADDY_VERSION" --with "$MODULE@$PSEUDO=." --output "$out")
 }
 
 [ $# -ge 1 ] || usage
