@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 	"go.uber.org/zap"
 )
 
@@ -23,9 +24,10 @@ const (
 	defaultGCInterval = time.Minute
 	// reqQueue bounds the requests waiting for the writer.
 	reqQueue = 4096
-	// chunkSize is how many due entries one Release/Drop/GC request moves:
-	// small enough that emits queued behind it wait milliseconds, not seconds.
-	chunkSize = 4096
+	// chunkSize is how many due entries one Release/Drop/GC request moves at
+	// most: small enough that emits queued behind it wait milliseconds, not
+	// seconds. A chunk too big for one transaction is halved (runChunk).
+	chunkSize = 2048
 )
 
 type store struct {
@@ -50,14 +52,17 @@ type store struct {
 	match             atomic.Pointer[matchIndex]
 }
 
-// badgerOptions bounds Badger's memory by configuration: the backlog lives in
-// the LSM tree on disk, not in memtables or caches.
+// badgerOptions bounds Badger's memory by configuration, not by backlog: the
+// backlog lives in the LSM tree on disk. What grows with load inside Badger
+// is table building (flushes and compactions, several builders at once, each
+// holding a whole table, twice with compression), so tables are small and
+// uncompressed, and memtables few.
 func badgerOptions(opts Options) (badger.Options, int64) {
-	memTable := int64(32 << 20)
-	cache := int64(32 << 20)
+	memTable := int64(8 << 20)
+	cache := int64(16 << 20)
 	index := int64(16 << 20)
 	if opts.SmallMemory {
-		memTable, cache, index = 8<<20, 4<<20, 4<<20
+		memTable, cache, index = 4<<20, 4<<20, 4<<20
 	}
 	bo := badger.DefaultOptions(opts.Dir).
 		WithSyncWrites(!opts.noSync).
@@ -66,18 +71,20 @@ func badgerOptions(opts Options) (badger.Options, int64) {
 		WithDetectConflicts(false). // one writer: no conflicts possible
 		WithNumVersionsToKeep(1).
 		WithMemTableSize(memTable).
-		WithNumMemtables(3).
+		WithNumMemtables(2).
 		WithNumLevelZeroTables(4).
 		WithNumLevelZeroTablesStall(12).
-		WithBaseTableSize(4 << 20).
-		WithBaseLevelSize(32 << 20).
+		WithBaseTableSize(2 << 20).
+		WithBaseLevelSize(16 << 20).
 		WithNumCompactors(2).
+		WithCompression(options.None).
 		WithBlockCacheSize(cache).
 		WithIndexCacheSize(index).
 		// Payloads up to 64 KiB live in the LSM tree (one write, no value
 		// log GC for the common case); bigger ones go to the value log.
 		WithValueThreshold(64 << 10).
 		WithValueLogFileSize(128 << 20)
+	bo.TableSizeMultiplier = 1
 	return bo, memTable
 }
 
@@ -377,11 +384,11 @@ func (s *store) release(ctx context.Context, sub string) error {
 		if err != nil {
 			return fmt.Errorf("release %s: %w", sub, err)
 		}
-		if len(entries) > 0 {
-			o := &moveOp{waiter: newWaiter(), sub: sub, at: at, entries: entries}
-			if err := s.run(ctx, o, &o.waiter); err != nil {
-				return fmt.Errorf("release %s: %w", sub, err)
-			}
+		if _, err := runChunk(ctx, s, entries, func(part []dueEntry) (op, *waiter, func() int) {
+			o := &moveOp{waiter: newWaiter(), sub: sub, at: at, entries: part}
+			return o, &o.waiter, func() int { return 0 }
+		}); err != nil {
+			return fmt.Errorf("release %s: %w", sub, err)
 		}
 		if next == nil {
 			return nil
@@ -399,18 +406,43 @@ func (s *store) dropLive(ctx context.Context, sub string) (int, error) {
 		if err != nil {
 			return total, fmt.Errorf("drop deliveries of %s: %w", sub, err)
 		}
-		if len(entries) > 0 {
-			o := &dropOp{waiter: newWaiter(), sub: sub, entries: entries}
-			if err := s.run(ctx, o, &o.waiter); err != nil {
-				return total, fmt.Errorf("drop deliveries of %s: %w", sub, err)
-			}
-			total += o.n
+		n, err := runChunk(ctx, s, entries, func(part []dueEntry) (op, *waiter, func() int) {
+			o := &dropOp{waiter: newWaiter(), sub: sub, entries: part}
+			return o, &o.waiter, func() int { return o.n }
+		})
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("drop deliveries of %s: %w", sub, err)
 		}
 		if next == nil {
 			return total, nil
 		}
 		from = next
 	}
+}
+
+// runChunk runs the op that mk builds over entries, in parts: a part too
+// big for one transaction (it failed whole, nothing was written) is split
+// in halves. It returns the sum of the parts' counts.
+func runChunk[E any](ctx context.Context, s *store, entries []E, mk func([]E) (op, *waiter, func() int)) (int, error) {
+	total := 0
+	for len(entries) > 0 {
+		n := len(entries)
+		for {
+			o, w, count := mk(entries[:n])
+			err := s.run(ctx, o, w)
+			if err == nil {
+				total += count()
+				break
+			}
+			if !errors.Is(err, badger.ErrTxnTooBig) || n == 1 {
+				return total, err
+			}
+			n /= 2
+		}
+		entries = entries[n:]
+	}
+	return total, nil
 }
 
 // janitor periodically deletes expired events and reclaims value-log space.
@@ -463,11 +495,14 @@ func (s *store) collect(ctx context.Context) (int, error) {
 		if err != nil || len(keys) == 0 {
 			return total, err
 		}
-		o := &gcOp{waiter: newWaiter(), keys: keys}
-		if err := s.run(ctx, o, &o.waiter); err != nil {
+		n, err := runChunk(ctx, s, keys, func(part [][]byte) (op, *waiter, func() int) {
+			o := &gcOp{waiter: newWaiter(), keys: part}
+			return o, &o.waiter, func() int { return o.n }
+		})
+		total += n
+		if err != nil {
 			return total, fmt.Errorf("collect expired events: %w", err)
 		}
-		total += o.n
 		if len(keys) < chunkSize {
 			return total, nil
 		}

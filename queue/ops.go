@@ -395,13 +395,8 @@ func (o *dropOp) apply(b *batch) error {
 		if err := b.txn.Delete(e.key); err != nil {
 			return err
 		}
-		var d delivRecord
-		if dv.record {
-			if d, _, err = b.getDeliv(dv.eventID, o.sub); err != nil {
-				return err
-			}
-		}
-		d.State, d.Next, d.DoneAt = dDropped, time.Time{}, b.now
+		// A dropped delivery is not reported: its attempt log goes.
+		d := delivRecord{State: dDropped, DoneAt: b.now}
 		if err := b.set(delivKey(dv.eventID, o.sub), d.encode()); err != nil {
 			return err
 		}

@@ -688,3 +688,35 @@ func TestClosedStore(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 }
+
+// Releasing deliveries whose records are large (long attempt logs) does not
+// fit one transaction per chunk: the chunk is split, nothing fails.
+func TestReleaseSplitsChunksTooBigForOneTransaction(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, clock) // SmallMemory: transactions of about 600 KB
+	mustSub(t, s, "a")
+	ids := enqueueMany(t, s, "evt", 300, nil, "a")
+	body := strings.Repeat("e", 4096)
+	for round := 0; round < 3; round++ {
+		jobs := mustTake(t, s, "a", 1000, clock.Now())
+		if len(jobs) != 300 {
+			t.Fatalf("round %d: took %d", round, len(jobs))
+		}
+		for _, j := range jobs {
+			s.Reschedule(j, clock.Now().Add(time.Hour), Attempt{StatusCode: 500, ResponseBody: body},
+				FailureEntry{SubscriptionID: "a", ResponseBody: body}, SubUpdate{}, nil)
+		}
+		mustFlush(t, s)
+		clock.Add(time.Hour)
+	}
+	if err := s.Release(bg, "a"); err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	jobs := mustTake(t, s, "a", 1000, clock.Now())
+	if !slices.Equal(eventIDs(jobs), ids) || jobs[0].Attempts != 3 {
+		t.Fatalf("after release: %d jobs, first %+v", len(jobs), jobs[0])
+	}
+	if _, ds, _ := s.EventDeliveries(ids[0]); len(ds[0].Attempts) != 3 || ds[0].State != DeliveryPending {
+		t.Fatalf("delivery after release: %+v", ds[0])
+	}
+}

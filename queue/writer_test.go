@@ -1,0 +1,94 @@
+package queue
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// badOp writes a key, then fails: its write must not be committed, and the
+// ops before and after it in the same batch must be.
+type badOp struct {
+	waiter
+	err    error
+	tooBig bool
+}
+
+func (o *badOp) exclusive() bool { return false }
+func (o *badOp) size() int       { return 0 }
+func (o *badOp) apply(b *batch) error {
+	if err := b.set([]byte("bad/key"), []byte("x")); err != nil {
+		return err
+	}
+	if !o.tooBig {
+		return o.err
+	}
+	// Fill the transaction until Badger refuses.
+	big := make([]byte, 32<<10)
+	for i := 0; ; i++ {
+		if err := b.set([]byte("bad/"+string(rune('a'+i%26))+string(rune(i))), big); err != nil {
+			return err
+		}
+	}
+}
+
+func TestWriterBatchKeepsOpsAtomic(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, clock)
+	mustSub(t, s, "a")
+	mk := func(id string) *enqueueOp {
+		o, err := s.impl.newEnqueue(Event{ID: id, Type: "x", Data: payload(0)}, []string{"a"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	mustFlush(t, s) // the writer is idle: commitBatch can be called here
+
+	boom := errors.New("boom")
+	a, bad, c := mk("evt_a"), &badOp{waiter: newWaiter(), err: boom}, mk("evt_c")
+	if n := s.impl.commitBatch([]op{a, bad, c}); n != 3 {
+		t.Fatalf("handled %d ops, want 3", n)
+	}
+	if err := <-bad.done; !errors.Is(err, boom) {
+		t.Fatalf("failing op got %v", err)
+	}
+	for _, o := range []*enqueueOp{a, c} {
+		if err := <-o.done; err != nil {
+			t.Fatalf("%s: %v", o.ev.ID, err)
+		}
+		if _, err := s.Event(o.ev.ID); err != nil {
+			t.Fatalf("%s not committed: %v", o.ev.ID, err)
+		}
+	}
+	err := s.impl.view(func(txn *badger.Txn) error {
+		_, err := txn.Get([]byte("bad/key"))
+		return err
+	})
+	if !errors.Is(err, badger.ErrKeyNotFound) {
+		t.Fatalf("write of the failed op was committed: %v", err)
+	}
+
+	// Too big after others: those commit, the rest is handled next.
+	d, huge, e := mk("evt_d"), &badOp{waiter: newWaiter(), tooBig: true}, mk("evt_e")
+	ops := []op{d, huge, e}
+	if n := s.impl.commitBatch(ops); n != 1 {
+		t.Fatalf("first transaction took %d ops, want 1", n)
+	}
+	if err := <-d.done; err != nil {
+		t.Fatal(err)
+	}
+	if n := s.impl.commitBatch(ops[1:]); n != 2 {
+		t.Fatalf("second transaction took %d ops, want 2", n)
+	}
+	if err := <-huge.done; !errors.Is(err, ErrUnavailable) || !errors.Is(err, badger.ErrTxnTooBig) {
+		t.Fatalf("op too big alone got %v", err)
+	}
+	if err := <-e.done; err != nil {
+		t.Fatal(err)
+	}
+	if s.Pending("a") != 4 {
+		t.Fatalf("pending = %d, want 4", s.Pending("a"))
+	}
+}
