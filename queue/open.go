@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,7 @@ func badgerOptions(opts Options) (badger.Options, int64) {
 	}
 	bo := badger.DefaultOptions(opts.Dir).
 		WithSyncWrites(!opts.noSync).
-		WithLogger(badgerLogger{opts.Logger}).
+		WithLoggingLevel(badger.WARNING).
 		WithMetricsEnabled(false).
 		WithDetectConflicts(false). // one writer: no conflicts possible
 		WithNumVersionsToKeep(1).
@@ -85,25 +86,19 @@ func badgerOptions(opts Options) (badger.Options, int64) {
 		WithValueThreshold(64 << 10).
 		WithValueLogFileSize(128 << 20)
 	bo.TableSizeMultiplier = 1
+	if opts.Logger != nil {
+		bo = bo.WithLogger(badgerLogger{opts.Logger})
+	}
 	return bo, memTable
 }
 
 // badgerLogger passes Badger's warnings and errors to a zap logger.
 type badgerLogger struct{ l *zap.Logger }
 
-func (b badgerLogger) Errorf(f string, a ...any) {
-	if b.l != nil {
-		b.l.Error(fmt.Sprintf(f, a...))
-	}
-}
-
-func (b badgerLogger) Warningf(f string, a ...any) {
-	if b.l != nil {
-		b.l.Warn(fmt.Sprintf(f, a...))
-	}
-}
-func (badgerLogger) Infof(string, ...any)  {}
-func (badgerLogger) Debugf(string, ...any) {}
+func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (badgerLogger) Infof(string, ...any)          {}
+func (badgerLogger) Debugf(string, ...any)         {}
 
 func open(opts Options) (*store, error) {
 	if opts.Dir == "" {

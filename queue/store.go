@@ -48,8 +48,8 @@ type Options struct {
 	// SmallMemory, when set, tunes Badger for a small footprint (the default
 	// is already bounded; this is for tests that open many stores).
 	SmallMemory bool
-	// Logger receives Badger's warnings and errors (default: a no-op logger
-	// for Badger's chatter, errors still reach callers as errors).
+	// Logger receives Badger's warnings and errors, and the janitor's
+	// (default: Badger's own logger on stderr, warnings and errors only).
 	Logger *zap.Logger
 
 	// gcInterval is how often the janitor runs (default 1 minute).
