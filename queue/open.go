@@ -54,10 +54,10 @@ type store struct {
 }
 
 // badgerOptions bounds Badger's memory by configuration, not by backlog: the
-// backlog lives in the LSM tree on disk. What grows with load inside Badger
-// is table building (flushes and compactions, several builders at once, each
-// holding a whole table, twice with compression), so tables are small and
-// uncompressed, and memtables few.
+// backlog lives on disk. What grows with load inside Badger is table
+// building (flushes and compactions, several builders at once, each holding
+// a whole table, twice with compression, and up to 8 of their buffers kept
+// in a pool), so memtables and tables are small and uncompressed.
 func badgerOptions(opts Options) (badger.Options, int64) {
 	memTable := int64(8 << 20)
 	cache := int64(16 << 20)
@@ -81,9 +81,11 @@ func badgerOptions(opts Options) (badger.Options, int64) {
 		WithCompression(options.None).
 		WithBlockCacheSize(cache).
 		WithIndexCacheSize(index).
-		// Payloads up to 64 KiB live in the LSM tree (one write, no value
-		// log GC for the common case); bigger ones go to the value log.
-		WithValueThreshold(64 << 10).
+		// Payloads go to the value log, written once; the LSM tree keeps
+		// keys and small records, so flushes and compactions move little
+		// (an LSM full of 1 KiB payloads spent a third of the CPU on
+		// rewriting them). The janitor runs value-log GC.
+		WithValueThreshold(512).
 		WithValueLogFileSize(128 << 20)
 	bo.TableSizeMultiplier = 1
 	if opts.Logger != nil {
