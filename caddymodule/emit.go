@@ -7,7 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"path"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -101,7 +101,7 @@ func checkRequest(cat *catalog, method, urlPath, contentType string) (EventType,
 	if method != http.MethodPost {
 		return EventType{}, &emitError{status: http.StatusMethodNotAllowed, msg: "method " + method + " not allowed: POST an event"}
 	}
-	if contentType != "" {
+	if contentType != "" && contentType != "application/json" {
 		mt, _, err := mime.ParseMediaType(contentType)
 		if err != nil || mt != "application/json" {
 			return EventType{}, &emitError{status: http.StatusUnsupportedMediaType,
@@ -109,6 +109,11 @@ func checkRequest(cat *catalog, method, urlPath, contentType string) (EventType,
 		}
 	}
 	name := eventNameFromPath(urlPath)
+	// Every catalog name is well formed, so a hit needs no syntax check;
+	// the checks below only pick the right refusal.
+	if typ, ok := cat.lookup(name); ok && name != TestEventType {
+		return typ, nil
+	}
 	if !validEventName(name) {
 		return EventType{}, &emitError{status: http.StatusBadRequest,
 			msg: fmt.Sprintf("event name %q: want lowercase [a-z0-9][a-z0-9_.-]{0,127} as the last path segment", name)}
@@ -116,27 +121,26 @@ func checkRequest(cat *catalog, method, urlPath, contentType string) (EventType,
 	if name == TestEventType {
 		return EventType{}, &emitError{status: http.StatusBadRequest, msg: "event name " + TestEventType + " is reserved for test sends"}
 	}
-	typ, ok := cat.lookup(name)
-	if !ok {
-		return EventType{}, &emitError{status: http.StatusNotFound,
-			msg: fmt.Sprintf("event type %q is not in the catalog", name), known: cat.emittable()}
-	}
-	return typ, nil
+	return EventType{}, &emitError{status: http.StatusNotFound,
+		msg: fmt.Sprintf("event type %q is not in the catalog", name), known: cat.emittable()}
 }
 
 // eventNameFromPath returns the last segment of the path ("" if the path
-// ends with a slash).
+// ends with a slash), as path.Base("/"+p) would, without allocating.
 func eventNameFromPath(p string) string {
+	if p == "" {
+		return "/"
+	}
 	if strings.HasSuffix(p, "/") {
 		return ""
 	}
-	return path.Base("/" + p)
+	return p[strings.LastIndexByte(p, '/')+1:]
 }
 
 // checkBody validates the body: valid UTF-8 JSON, and the type's required
 // keys present (non-null) in a top-level object.
 func checkBody(typ EventType, body []byte) *emitError {
-	if !utf8.Valid(body) || !json.Valid(body) {
+	if !validJSON(body) {
 		return &emitError{status: http.StatusBadRequest, msg: "body: not valid JSON"}
 	}
 	if len(typ.Require) == 0 {
@@ -196,21 +200,17 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 	}
 
 	typ, eerr := checkRequest(a.catalog, r.Method, r.URL.Path, r.Header.Get("Content-Type"))
+	idemKey := r.Header.Get("Idempotency-Key")
 	if eerr == nil {
-		eerr = checkIdempotencyKey(r.Header.Get("Idempotency-Key"))
+		eerr = checkIdempotencyKey(idemKey)
 	}
 	if eerr != nil {
 		eerr.write(w)
 		return nil
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			(&emitError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("body: larger than max_body (%d bytes)", h.MaxBody)}).write(w)
-			return nil
-		}
-		(&emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("reading body: %v", err)}).write(w)
+	body, eerr := h.readBody(w, r)
+	if eerr != nil {
+		eerr.write(w)
 		return nil
 	}
 	if eerr := checkBody(typ, body); eerr != nil {
@@ -220,19 +220,23 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 
 	now := a.now().UTC()
 	ev := queue.Event{ID: newEventID(now), Type: typ.Name, Time: now, Data: body}
-	ctx := propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := rt.tp.tracer.Start(ctx, "webhook.emit", trace.WithSpanKind(trace.SpanKindServer),
+	ctx := r.Context()
+	if _, ok := r.Header["Traceparent"]; ok {
+		// Extract leaves ctx as it is without a traceparent: skip it then.
+		ctx = propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
+	}
+	ctx, span := rt.tp.tracer.Start(ctx, "webhook.emit", spanKindServer,
 		trace.WithAttributes(
 			attribute.String("webhook.event.id", ev.ID),
 			attribute.String("webhook.event.type", ev.Type),
-			attribute.String("http.request.method", r.Method),
+			attribute.String("http.request.method", http.MethodPost),
 		))
 	defer span.End()
-	carrier := propagation.MapCarrier{}
-	propagator.Inject(ctx, carrier)
-	ev.TraceParent, ev.TraceState = carrier.Get("traceparent"), carrier.Get("tracestate")
+	var carrier traceCarrier
+	propagator.Inject(ctx, &carrier)
+	ev.TraceParent, ev.TraceState = carrier.parent, carrier.state
 
-	res, err := rt.store.Enqueue(ctx, ev, rt.store.Match(typ.Name), r.Header.Get("Idempotency-Key"))
+	res, err := rt.store.Enqueue(ctx, ev, rt.store.Match(typ.Name), idemKey)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "storing event")
@@ -247,17 +251,112 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 		(&emitError{status: http.StatusInternalServerError, msg: fmt.Sprintf("storing event %s: %v", ev.ID, err)}).write(w)
 		return nil
 	}
-	span.SetAttributes(attribute.Int("webhook.deliveries", res.Deliveries), attribute.Bool("webhook.duplicate", res.Duplicate))
+	status := http.StatusAccepted
 	if res.Duplicate {
-		span.SetAttributes(attribute.String("webhook.event.id", res.ID))
-		span.SetAttributes(attribute.Int("http.response.status_code", http.StatusOK))
-		writeJSON(w, http.StatusOK, res)
-		return nil
+		status = http.StatusOK
+		span.SetAttributes(
+			attribute.String("webhook.event.id", res.ID),
+			attribute.Int("webhook.deliveries", res.Deliveries),
+			attribute.Bool("webhook.duplicate", true),
+			attribute.Int("http.response.status_code", status))
+	} else {
+		acceptedCounter(typ.Name).Inc()
+		span.SetAttributes(
+			attribute.Int("webhook.deliveries", res.Deliveries),
+			attribute.Bool("webhook.duplicate", false),
+			attribute.Int("http.response.status_code", status))
 	}
-	metrics.accepted.WithLabelValues(typ.Name).Inc()
-	span.SetAttributes(attribute.Int("http.response.status_code", http.StatusAccepted))
-	writeJSON(w, http.StatusAccepted, res)
+	writeResult(w, status, res)
 	return nil
+}
+
+// spanKindServer is the emit span's kind option, built once.
+var spanKindServer = trace.WithSpanKind(trace.SpanKindServer)
+
+// traceCarrier receives the emit span's W3C trace context from the
+// propagator, without the map a propagation.MapCarrier costs.
+type traceCarrier struct{ parent, state string }
+
+// Get implements propagation.TextMapCarrier.
+func (c *traceCarrier) Get(key string) string {
+	switch key {
+	case "traceparent":
+		return c.parent
+	case "tracestate":
+		return c.state
+	}
+	return ""
+}
+
+// Set implements propagation.TextMapCarrier.
+func (c *traceCarrier) Set(key, value string) {
+	switch key {
+	case "traceparent":
+		c.parent = value
+	case "tracestate":
+		c.state = value
+	}
+}
+
+// Keys implements propagation.TextMapCarrier.
+func (c *traceCarrier) Keys() []string { return []string{"traceparent", "tracestate"} }
+
+// readBody reads the body up to MaxBody. With a Content-Length within the
+// limit it reads into a buffer of exactly that size (the server stops the
+// body there); otherwise it reads through http.MaxBytesReader.
+func (h *EmitHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *emitError) {
+	if cl := r.ContentLength; cl >= 0 && cl <= h.MaxBody {
+		body := make([]byte, cl)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, &emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("reading body: %v", err)}
+		}
+		return body, nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &emitError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("body: larger than max_body (%d bytes)", h.MaxBody)}
+		}
+		return nil, &emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("reading body: %v", err)}
+	}
+	return body, nil
+}
+
+// jsonContentType is the Content-Type header value of every answer; the
+// handler assigns it to the header map directly (no canonicalization, no
+// new slice per answer).
+var jsonContentType = []string{"application/json"}
+
+// writeResult writes the emit answer {"id","type","deliveries"} as
+// json.Marshal of res would, without reflection.
+func writeResult(w http.ResponseWriter, status int, res queue.EnqueueResult) {
+	b := make([]byte, 0, 64+len(res.ID)+len(res.Type))
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, res.ID)
+	b = append(b, `,"type":`...)
+	b = appendJSONString(b, res.Type)
+	b = append(b, `,"deliveries":`...)
+	b = strconv.AppendInt(b, int64(res.Deliveries), 10)
+	b = append(b, "}\n"...)
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// appendJSONString appends s as a JSON string. Ids and type names need no
+// escaping; anything else goes through encoding/json, so the bytes are
+// always json.Marshal's.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // writeJSON writes v as the JSON body with status.

@@ -3,11 +3,15 @@ package caddymodule
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"path"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/caddy-webhooks/caddy-webhooks/queue"
 )
 
 func defaultCat(t testing.TB) *catalog {
@@ -201,4 +205,35 @@ func FuzzEmit(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestWriteResult: the hand-written answer is byte for byte what
+// json.Marshal of the result (plus a newline) was, escapes included.
+func TestWriteResult(t *testing.T) {
+	for _, res := range []queue.EnqueueResult{
+		{ID: "evt_01JEXAMPLE0000000000000000", Type: "lead.created", Deliveries: 3},
+		{ID: "evt_x", Type: "a", Deliveries: 0, Duplicate: true},
+		{ID: `odd"<id>&\` + "\x01é", Type: "t\u2028", Deliveries: 1 << 40},
+	} {
+		rec := httptest.NewRecorder()
+		writeResult(rec, http.StatusAccepted, res)
+		want, err := json.Marshal(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.Body.String(); got != string(want)+"\n" {
+			t.Errorf("body %q, want %q", got, want)
+		}
+		if rec.Code != http.StatusAccepted || rec.Header().Get("Content-Type") != "application/json" {
+			t.Errorf("status %d, Content-Type %q", rec.Code, rec.Header().Get("Content-Type"))
+		}
+	}
+}
+
+func TestEventNameFromPath(t *testing.T) {
+	for _, p := range []string{"", "/", "/emit/", "/emit/lead.created", "lead.created", "/a/b/c", "//x", "/emit/..", "/emit/a/"} {
+		if got, want := eventNameFromPath(p), path.Base("/"+p); strings.HasSuffix(p, "/") && got != "" || !strings.HasSuffix(p, "/") && got != want {
+			t.Errorf("eventNameFromPath(%q) = %q (path.Base %q)", p, got, want)
+		}
+	}
 }

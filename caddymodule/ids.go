@@ -25,10 +25,15 @@ var eventIDs idGen
 
 // newEventID returns "evt_" + a time-sortable id.
 func newEventID(now time.Time) string {
-	return "evt_" + eventIDs.next(now)
+	// One allocation: the id is built in place behind its prefix.
+	var out [4 + 26]byte
+	copy(out[:], "evt_")
+	encodeULID(out[4:], eventIDs.next(now))
+	return string(out[:])
 }
 
-func (g *idGen) next(now time.Time) string {
+// next returns the 128 bits of the next id.
+func (g *idGen) next(now time.Time) [16]byte {
 	ms := uint64(now.UnixMilli())
 	g.mu.Lock()
 	if ms > g.lastMS {
@@ -47,7 +52,7 @@ func (g *idGen) next(now time.Time) string {
 	}
 	copy(b[6:], g.rnd[:])
 	g.mu.Unlock()
-	return encodeULID(b)
+	return b
 }
 
 // increment adds one to a big-endian number; false on overflow.
@@ -61,21 +66,20 @@ func increment(b []byte) bool {
 	return false
 }
 
-// encodeULID encodes 128 bits as 26 base32 characters, most significant
-// first (the first character carries only 3 bits).
-func encodeULID(b [16]byte) string {
+// encodeULID writes 128 bits as 26 base32 characters into out, most
+// significant first (the first character carries only 3 bits).
+func encodeULID(out []byte, b [16]byte) {
 	var hi, lo uint64
 	for i := range 8 {
 		hi = hi<<8 | uint64(b[i])
 		lo = lo<<8 | uint64(b[8+i])
 	}
-	var out [26]byte
+	_ = out[25]
 	for i := 25; i >= 0; i-- {
 		out[i] = crockford[lo&31]
 		lo = lo>>5 | hi<<59
 		hi >>= 5
 	}
-	return string(out[:])
 }
 
 var subIDEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

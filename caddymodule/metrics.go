@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"errors"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -33,6 +35,30 @@ var metrics = struct {
 		Help:      "Duration of delivery attempts.",
 		Buckets:   prometheus.DefBuckets,
 	}),
+}
+
+// maxCachedCounters bounds acceptedCounters. Types come from catalogs, so
+// the bound is only reached by configs cycling through very many types;
+// past it counters are looked up by label every time.
+const maxCachedCounters = 1024
+
+var (
+	// acceptedCounters caches metrics.accepted's counter per event type,
+	// sparing the emit path a label hash and lookup.
+	acceptedCounters sync.Map // type name -> prometheus.Counter
+	acceptedCached   atomic.Int64
+)
+
+// acceptedCounter returns the events-accepted counter of an event type.
+func acceptedCounter(typ string) prometheus.Counter {
+	if c, ok := acceptedCounters.Load(typ); ok {
+		return c.(prometheus.Counter)
+	}
+	c := metrics.accepted.WithLabelValues(typ)
+	if acceptedCached.Add(1) <= maxCachedCounters {
+		acceptedCounters.Store(typ, c)
+	}
+	return c
 }
 
 var (
