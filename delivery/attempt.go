@@ -25,7 +25,7 @@ func (e *Engine) deliver(t task) {
 	rt := e.rt.Load()
 	attemptNo := t.job.Attempts + 1
 
-	ev, body, loadErr := e.events.get(e.store, t.job.EventID)
+	ev, loadErr := e.store.Event(t.job.EventID)
 	if errors.Is(loadErr, queue.ErrClosed) {
 		// The store is going away with the engine: nothing can be
 		// recorded; the delivery is due again after a restart.
@@ -33,6 +33,7 @@ func (e *Engine) deliver(t task) {
 		return
 	}
 	if loadErr != nil {
+		loadErr = fmt.Errorf("load event %s: %w", t.job.EventID, loadErr)
 		ev = queue.Event{ID: t.job.EventID}
 	}
 	parent := eventParent(context.Background(), ev)
@@ -54,6 +55,7 @@ func (e *Engine) deliver(t task) {
 		// attempt so it follows the schedule instead of spinning.
 		o = outcome{start: e.clock.Now(), err: loadErr, kind: kindEvent, text: loadErr.Error()}
 	} else {
+		body := envelope(ev.ID, ev.Type, ev.Time, ev.Data)
 		o = e.post(ctx, rt.client, t.sub, message{id: ev.ID, typ: ev.Type, body: body})
 	}
 	if e.runCtx.Err() != nil && errors.Is(o.err, context.Canceled) {

@@ -1,78 +1,72 @@
 package delivery
 
 import (
-	"fmt"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddy-webhooks/caddy-webhooks/queue"
 )
 
-// Bounds of the event cache: a fan-out to many subscriptions loads an event
-// once, and memory stays small however large the backlog is.
-const (
-	eventCacheEntries = 256
-	eventCacheBytes   = 8 << 20
-)
+// Events come from the store (queue.Store.Event), which keeps recently
+// enqueued ones in memory; the engine keeps no event cache of its own.
 
-// cachedEvent is an event without its data, and the envelope built from it.
-type cachedEvent struct {
-	ev   queue.Event
-	body []byte
+// maxCachedKeys bounds the decoded-secret cache: secrets change only by
+// subscribe, rotation and config loads, so it is a handful of entries; the
+// bound only guards against churn.
+const maxCachedKeys = 1024
+
+// keyCache holds the HMAC keys of secrets already decoded, so an attempt
+// does not decode base64 (and validate) its subscription's secrets again.
+type keyCache struct {
+	mu sync.Mutex
+	m  map[string][]byte
 }
 
-// eventCache is a small FIFO cache of recently sent events' envelopes.
-type eventCache struct {
-	mu         sync.Mutex
-	m          map[string]cachedEvent
-	order      []string // insertion order, oldest first
-	bytes      int
-	maxEntries int
-	maxBytes   int
-}
-
-func newEventCache(entries, bytes int) *eventCache {
-	return &eventCache{m: make(map[string]cachedEvent), maxEntries: entries, maxBytes: bytes}
-}
-
-// get returns the event (Data left empty) and its envelope, loading it from
-// the store on a miss.
-func (c *eventCache) get(store *queue.Store, id string) (queue.Event, []byte, error) {
+// key returns the HMAC key of secret.
+func (c *keyCache) key(secret string) ([]byte, error) {
 	c.mu.Lock()
-	ce, ok := c.m[id]
+	k, ok := c.m[secret]
 	c.mu.Unlock()
 	if ok {
-		return ce.ev, ce.body, nil
+		return k, nil
 	}
-	ev, err := store.Event(id)
+	k, err := ParseSecret(secret)
 	if err != nil {
-		return queue.Event{}, nil, fmt.Errorf("load event %s: %w", id, err)
-	}
-	ce = cachedEvent{body: envelope(ev.ID, ev.Type, ev.Time, ev.Data)}
-	ev.Data = nil
-	ce.ev = ev
-	c.put(id, ce)
-	return ce.ev, ce.body, nil
-}
-
-func (c *eventCache) put(id string, ce cachedEvent) {
-	if len(ce.body) > c.maxBytes/4 {
-		return // a huge event would evict everything else
+		return nil, err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[id]; ok {
-		return
+	if c.m == nil || len(c.m) >= maxCachedKeys {
+		c.m = make(map[string][]byte)
 	}
-	c.m[id] = ce
-	c.order = append(c.order, id)
-	c.bytes += len(ce.body)
-	for len(c.order) > c.maxEntries || c.bytes > c.maxBytes {
-		old := c.order[0]
-		c.order = c.order[1:]
-		c.bytes -= len(c.m[old].body)
-		delete(c.m, old)
+	c.m[secret] = k
+	c.mu.Unlock()
+	return k, nil
+}
+
+// sign is Sign over the secrets of sub valid at ts, with cached keys.
+func (c *keyCache) sign(secrets []queue.Secret, msgID string, ts time.Time, body []byte) (string, error) {
+	stamp := strconv.FormatInt(ts.Unix(), 10)
+	var sb strings.Builder
+	n := 0
+	for _, s := range secrets {
+		if !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(ts) {
+			continue // rotated out and expired
+		}
+		key, err := c.key(s.Value)
+		if err != nil {
+			return "", signError(msgID, n+1, err)
+		}
+		if n > 0 {
+			sb.WriteByte(' ')
+		}
+		sb.WriteString("v1,")
+		sb.WriteString(signature(key, msgID, stamp, body))
+		n++
 	}
-	if cap(c.order) > 4*c.maxEntries {
-		c.order = append([]string(nil), c.order...) // let the old array go
+	if n == 0 {
+		return "", signError(msgID, 0, nil)
 	}
+	return sb.String(), nil
 }

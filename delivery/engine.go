@@ -116,7 +116,7 @@ type Engine struct {
 	hooks    Hooks
 	rand     func() float64
 	grace    time.Duration
-	events   *eventCache
+	keys     keyCache
 
 	rt atomic.Pointer[runtime]
 
@@ -191,7 +191,6 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		hooks:    opts.Hooks,
 		rand:     opts.Rand,
 		grace:    opts.Grace,
-		events:   newEventCache(eventCacheEntries, eventCacheBytes),
 		inflight: make(map[string]int),
 		known:    make(map[string]bool),
 		ready:    make(map[string][]queue.Job),

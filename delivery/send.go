@@ -113,8 +113,7 @@ func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, ms
 	o := outcome{start: e.clock.Now()}
 	real := time.Now() // durations are measured, not scheduled: real time
 
-	secrets := validSecrets(sub.Secrets, o.start)
-	sig, err := Sign(secrets, msg.id, o.start, msg.body)
+	sig, err := e.keys.sign(sub.Secrets, msg.id, o.start, msg.body)
 	if err != nil {
 		o.err = fmt.Errorf("sign webhook %s: %w", msg.id, err)
 		o.kind, o.text = kindTransport, o.err.Error()
@@ -171,18 +170,6 @@ func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, ms
 	return o
 }
 
-// validSecrets returns the secret values that still sign at now, newest
-// first (a rotated-out secret signs until its ExpiresAt).
-func validSecrets(all []queue.Secret, now time.Time) []string {
-	out := make([]string, 0, len(all))
-	for _, s := range all {
-		if s.ExpiresAt.IsZero() || s.ExpiresAt.After(now) {
-			out = append(out, s.Value)
-		}
-	}
-	return out
-}
-
 // classify turns a transport error into an error kind and the failure-log
 // text. inBody: the status line and headers had arrived.
 func classify(err error, timeout time.Duration, inBody bool) (kind, text string) {
@@ -233,21 +220,33 @@ func isTimeout(err error) bool {
 // envelope builds the body a subscriber receives. data goes in verbatim
 // (not re-encoded), so the subscriber sees exactly the emitted JSON.
 func envelope(id, typ string, ts time.Time, data json.RawMessage) []byte {
-	idJSON, _ := json.Marshal(id)
-	typJSON, _ := json.Marshal(typ)
-	tsJSON, _ := json.Marshal(ts.UTC().Format(time.RFC3339Nano))
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		data = json.RawMessage("null")
 	}
-	b := make([]byte, 0, len(data)+len(idJSON)+len(typJSON)+len(tsJSON)+40)
+	b := make([]byte, 0, len(data)+len(id)+len(typ)+len(time.RFC3339Nano)+48)
 	b = append(b, `{"id":`...)
-	b = append(b, idJSON...)
+	b = appendJSONString(b, id)
 	b = append(b, `,"type":`...)
-	b = append(b, typJSON...)
-	b = append(b, `,"timestamp":`...)
-	b = append(b, tsJSON...)
-	b = append(b, `,"data":`...)
+	b = appendJSONString(b, typ)
+	b = append(b, `,"timestamp":"`...)
+	b = ts.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","data":`...)
 	b = append(b, data...)
 	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, exactly as json.Marshal
+// writes it. Ids and type names are plain ASCII and take the fast path.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }

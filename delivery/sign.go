@@ -66,18 +66,27 @@ func signature(key []byte, msgID, ts string, body []byte) string {
 // Secrets are "whsec_<base64>"; the HMAC key is the decoded bytes.
 func Sign(secrets []string, msgID string, ts time.Time, body []byte) (string, error) {
 	if len(secrets) == 0 {
-		return "", fmt.Errorf("sign message %s: no secret", msgID)
+		return "", signError(msgID, 0, nil)
 	}
 	stamp := strconv.FormatInt(ts.Unix(), 10)
 	sigs := make([]string, 0, len(secrets))
 	for i, s := range secrets {
 		key, err := ParseSecret(s)
 		if err != nil {
-			return "", fmt.Errorf("sign message %s with secret %d: %w", msgID, i+1, err)
+			return "", signError(msgID, i+1, err)
 		}
 		sigs = append(sigs, "v1,"+signature(key, msgID, stamp, body))
 	}
 	return strings.Join(sigs, " "), nil
+}
+
+// signError is the error of signing msgID: no valid secret (n 0), or the
+// n-th secret is unusable.
+func signError(msgID string, n int, err error) error {
+	if n == 0 {
+		return fmt.Errorf("sign message %s: no secret", msgID)
+	}
+	return fmt.Errorf("sign message %s with secret %d: %w", msgID, n, err)
 }
 
 // NewSecret returns a fresh "whsec_" secret of 32 random bytes.

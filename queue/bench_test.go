@@ -87,3 +87,39 @@ func BenchmarkBareBadger(b *testing.B) {
 		})
 	})
 }
+
+// BenchmarkRelease measures Release (activate) of a held backlog of b.N
+// deliveries of one subscription.
+func BenchmarkRelease(b *testing.B) {
+	clock := newClock()
+	s := openAt(b, b.TempDir(), clock, func(o *Options) { o.SmallMemory = false; o.noSync = true })
+	defer s.Close()
+	mustSub(b, s, "a")
+	subs := []string{"a"}
+	ctx := context.Background()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(b.N); i = next.Add(1) - 1 {
+				if _, err := s.Enqueue(ctx, Event{ID: fmt.Sprintf("evt_%026d", i), Type: "lead.created", Data: kibPayload}, subs, ""); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	clock.Add(time.Second)
+	b.ResetTimer()
+	if err := s.Release(ctx, "a"); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "released/s")
+	if got := len(mustTake(b, s, "a", 10, clock.Now())); got != min(10, b.N) {
+		b.Fatalf("took %d after release, want %d", got, min(10, b.N))
+	}
+}

@@ -51,6 +51,9 @@ type store struct {
 	subs              map[string]*Subscription
 	states            map[string]*subState
 	match             atomic.Pointer[matchIndex]
+
+	snaps  snapshots   // what readers read (see snapshot)
+	events *eventCache // recently enqueued events, for Event
 }
 
 // badgerOptions bounds Badger's memory by configuration, not by backlog: the
@@ -126,6 +129,9 @@ func open(opts Options) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open queue in %s: %w", opts.Dir, err)
 	}
+	if opts.EventCacheBytes == 0 {
+		opts.EventCacheBytes = DefaultEventCacheBytes
+	}
 	s := &store{
 		opts:          opts,
 		db:            db,
@@ -139,10 +145,14 @@ func open(opts Options) (*store, error) {
 		subs:          make(map[string]*Subscription),
 		states:        make(map[string]*subState),
 	}
+	if opts.EventCacheBytes > 0 {
+		s.events = newEventCache(opts.EventCacheBytes)
+	}
 	if err := s.load(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open queue in %s: %w", opts.Dir, err)
 	}
+	s.snaps.publish(db)
 	go s.writer()
 	// Due entries of subscriptions that are gone: a delete was interrupted.
 	for id, st := range s.states {
@@ -246,20 +256,24 @@ func (s *store) close() error {
 	<-s.writerDone
 	close(s.stopGC)
 	<-s.gcDone
+	s.snaps.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close queue: %w", err)
 	}
 	return nil
 }
 
-// view runs a read-only transaction unless the store is closed.
+// view runs fn in the latest published snapshot (see snapshot) unless the
+// store is closed. fn must not keep the transaction or discard it.
 func (s *store) view(fn func(txn *badger.Txn) error) error {
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
-	return s.db.View(fn)
+	p := s.snaps.acquire()
+	defer p.release()
+	return fn(p.txn)
 }
 
 func (s *store) newEnqueue(ev Event, subs []string, idem string) (*enqueueOp, error) {
@@ -365,6 +379,9 @@ func (s *store) release(ctx context.Context, sub string) error {
 	if _, err := s.subscription(sub); err != nil {
 		return fmt.Errorf("release %s: %w", sub, err)
 	}
+	st := s.state(sub)
+	st.moving.Lock()
+	defer st.moving.Unlock()
 	defer s.busy(sub)()
 	at := s.now()
 	skipTo := keySuccessor(dueKey(sub, at, ^uint64(0)))
@@ -395,6 +412,9 @@ func (s *store) release(ctx context.Context, sub string) error {
 }
 
 func (s *store) dropLive(ctx context.Context, sub string) (int, error) {
+	st := s.state(sub)
+	st.moving.Lock()
+	defer st.moving.Unlock()
 	defer s.busy(sub)()
 	total := 0
 	var from []byte

@@ -48,8 +48,12 @@ func (o *enqueueOp) apply(b *batch) error {
 		}
 	}
 	due := o.ev.Time
-	if err := b.set(eventKey(o.ev.ID), encodeEvent(&o.ev, subs)); err != nil {
+	rec := encodeEvent(&o.ev, subs)
+	if err := b.set(eventKey(o.ev.ID), rec); err != nil {
 		return err
+	}
+	if len(subs) > 0 && b.s.events != nil {
+		b.cache = append(b.cache, cachedEvent(&o.ev, rec))
 	}
 	v := encodeDue(dueVal{fanout: len(subs), eventID: o.ev.ID})
 	for _, id := range subs {
@@ -74,6 +78,21 @@ func (o *enqueueOp) apply(b *batch) error {
 		}
 	}
 	return nil
+}
+
+// cachedEvent is ev as Event would decode it from rec, its stored record:
+// the same time representation, and Data shared with rec (which Badger
+// does not keep after the commit, and nothing modifies).
+func cachedEvent(ev *Event, rec []byte) *Event {
+	c := *ev
+	if t := c.Time; !t.IsZero() {
+		c.Time = bitsTime(timeBits(t))
+	}
+	c.Data = nil
+	if n := len(ev.Data); n > 0 {
+		c.Data = rec[len(rec)-n : len(rec) : len(rec)]
+	}
+	return &c
 }
 
 func contains(list []string, s string) bool {
@@ -330,14 +349,11 @@ type moveOp struct {
 func (o *moveOp) exclusive() bool { return true }
 func (o *moveOp) size() int       { return 64 * len(o.entries) }
 
+// The entries were scanned unleased while the subscription was busy (Take
+// hands nothing out) and no other Release or Drop of it can run (moving):
+// nothing else deletes them meanwhile, so they are rewritten without a read.
 func (o *moveOp) apply(b *batch) error {
 	for _, e := range o.entries {
-		if _, ok, err := b.get(e.key); err != nil || !ok {
-			if err != nil {
-				return err
-			}
-			continue
-		}
 		_, _, seq, _ := parseDueKey(e.key)
 		dv, err := decodeDue(e.val)
 		if err != nil {
@@ -535,6 +551,7 @@ func (o *gcOp) apply(b *batch) error {
 		if err := b.txn.Delete(eventKey(eventID)); err != nil {
 			return err
 		}
+		b.settled = append(b.settled, eventID)
 		o.n++
 	}
 	return nil

@@ -48,6 +48,11 @@ type Options struct {
 	// SmallMemory, when set, tunes Badger for a small footprint (the default
 	// is already bounded; this is for tests that open many stores).
 	SmallMemory bool
+	// EventCacheBytes bounds the in-memory cache of recently enqueued
+	// events that still have live deliveries, from which Event answers
+	// without reading Badger (default DefaultEventCacheBytes; negative:
+	// no cache).
+	EventCacheBytes int
 	// Logger receives Badger's warnings and errors, and the janitor's
 	// (default: Badger's own logger on stderr, warnings and errors only).
 	Logger *zap.Logger
@@ -267,9 +272,18 @@ func (s *Store) Take(subID string, max int, now time.Time) (jobs []Job, next tim
 	return s.impl.take(subID, max, now)
 }
 
-// Event returns a stored event.
+// Event returns a stored event. An event with live deliveries usually
+// comes from memory. The returned Data is shared: do not modify it.
 func (s *Store) Event(id string) (Event, error) {
+	if ev, ok := s.impl.events.get(id); ok {
+		return ev, nil
+	}
 	rec, err := s.impl.event(id, true)
+	if err == nil && len(rec.Subs) > 1 {
+		// Read once, sent to several subscriptions.
+		ev := rec.Event
+		s.impl.events.put(&ev)
+	}
 	return rec.Event, err
 }
 

@@ -23,6 +23,10 @@ type subState struct {
 	cursor []byte // nil: the start of the subscription's due range
 	leased map[uint64]struct{}
 	busy   int // Release or Drop running: Take hands nothing out
+	// moving serializes Release and Drop of the subscription: while one
+	// runs, an unleased due entry it scanned can only be changed by
+	// itself, so its chunks need not re-read their keys.
+	moving sync.Mutex
 
 	live     atomic.Int64 // live deliveries (pending, scheduled or held)
 	retrying atomic.Int64 // live deliveries with attempts made

@@ -55,6 +55,11 @@ type batch struct {
 	subsChanged       bool // a configuration changed: rebuild the match index
 	fx                map[string]*subEffect
 	notify            bool // something became due now
+
+	// cache: events stored by the batch, for the event cache; settled:
+	// events left without a live delivery (or deleted), to leave it.
+	cache   []*Event
+	settled []string
 }
 
 func (s *store) newBatch() *batch {
@@ -181,6 +186,7 @@ func (b *batch) settle(eventID, subID string, fanout int) error {
 			}
 		}
 	}
+	b.settled = append(b.settled, eventID)
 	return b.set(gcKey(b.now.Add(b.s.opts.Retention), eventID), nil)
 }
 
@@ -400,6 +406,9 @@ func (s *store) commitBatch(ops []op) int {
 			}
 		}
 	} else {
+		// Before anything learns of the commit (Notify, the callers): a
+		// read after that sees it.
+		s.snaps.publish(s.db)
 		s.afterCommit(b)
 	}
 	s.finishOps(ops[:n], errs)
@@ -448,6 +457,10 @@ func (s *store) afterCommit(b *batch) {
 		st.rewind(e.minKey)
 		st.mu.Unlock()
 	}
+	for _, ev := range b.cache {
+		s.events.put(ev)
+	}
+	s.events.remove(b.settled)
 	if b.notify {
 		s.signal()
 	}
