@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -170,7 +172,8 @@ func (e *Engine) deliver(t task) {
 			zap.Bool("gone", verdict.Gone),
 			zap.String("last_error", a.Error))
 		if e.hooks.Paused != nil {
-			sub := t.sub
+			sub := t.sub // shared with the store: the hook gets its own copy
+			sub.Events, sub.Secrets, sub.Headers = slices.Clone(sub.Events), slices.Clone(sub.Secrets), maps.Clone(sub.Headers)
 			sub.State, sub.ConsecutiveFailures, sub.PausedAt = queue.StatePaused, res.ConsecutiveFailures, now
 			sub.LastError, sub.LastErrorAt = a.Error, o.start
 			e.hooks.Paused(sub, a.Error)

@@ -1,8 +1,11 @@
 package delivery
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"hash"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,56 +20,70 @@ import (
 // bound only guards against churn.
 const maxCachedKeys = 1024
 
-// keyCache holds the HMAC keys of secrets already decoded, so an attempt
-// does not decode base64 (and validate) its subscription's secrets again.
+// keyCache holds the HMAC state of secrets already decoded, so an attempt
+// neither decodes base64 (and validates) its subscription's secrets again
+// nor rebuilds the HMAC's padded key blocks.
 type keyCache struct {
 	mu sync.Mutex
-	m  map[string][]byte
+	m  map[string]*sync.Pool // of hash.Hash (HMAC-SHA256 under the secret's key)
 }
 
-// key returns the HMAC key of secret.
-func (c *keyCache) key(secret string) ([]byte, error) {
+// macs returns the pool of HMACs keyed with secret.
+func (c *keyCache) macs(secret string) (*sync.Pool, error) {
 	c.mu.Lock()
-	k, ok := c.m[secret]
+	p, ok := c.m[secret]
 	c.mu.Unlock()
 	if ok {
-		return k, nil
+		return p, nil
 	}
-	k, err := ParseSecret(secret)
+	key, err := ParseSecret(secret)
 	if err != nil {
 		return nil, err
 	}
+	p = &sync.Pool{New: func() any { return hmac.New(sha256.New, key) }}
 	c.mu.Lock()
 	if c.m == nil || len(c.m) >= maxCachedKeys {
-		c.m = make(map[string][]byte)
+		c.m = make(map[string]*sync.Pool)
 	}
-	c.m[secret] = k
+	c.m[secret] = p
 	c.mu.Unlock()
-	return k, nil
+	return p, nil
 }
 
-// sign is Sign over the secrets of sub valid at ts, with cached keys.
+// sign is Sign over the secrets valid at ts (newest first), with cached
+// keys: the same header.
 func (c *keyCache) sign(secrets []queue.Secret, msgID string, ts time.Time, body []byte) (string, error) {
-	stamp := strconv.FormatInt(ts.Unix(), 10)
-	var sb strings.Builder
+	var stampBuf [20]byte
+	stamp := strconv.AppendInt(stampBuf[:0], ts.Unix(), 10)
+	out := make([]byte, 0, len(secrets)*48)
 	n := 0
 	for _, s := range secrets {
 		if !s.ExpiresAt.IsZero() && !s.ExpiresAt.After(ts) {
 			continue // rotated out and expired
 		}
-		key, err := c.key(s.Value)
+		p, err := c.macs(s.Value)
 		if err != nil {
 			return "", signError(msgID, n+1, err)
 		}
+		m := p.Get().(hash.Hash)
+		m.Reset()
+		m.Write([]byte(msgID))
+		m.Write([]byte{'.'})
+		m.Write(stamp)
+		m.Write([]byte{'.'})
+		m.Write(body)
+		var sum [sha256.Size]byte
+		m.Sum(sum[:0])
+		p.Put(m)
 		if n > 0 {
-			sb.WriteByte(' ')
+			out = append(out, ' ')
 		}
-		sb.WriteString("v1,")
-		sb.WriteString(signature(key, msgID, stamp, body))
+		out = append(out, "v1,"...)
+		out = base64.StdEncoding.AppendEncode(out, sum[:])
 		n++
 	}
 	if n == 0 {
 		return "", signError(msgID, 0, nil)
 	}
-	return sb.String(), nil
+	return string(out), nil
 }

@@ -46,7 +46,7 @@ func (e *Engine) dispatch() {
 	e.passMu.Lock()
 	defer e.passMu.Unlock()
 	rt := e.rt.Load()
-	subs := e.store.Subscriptions()
+	subs := e.store.SharedSubscriptions() // read-only
 	if len(subs) == 0 {
 		return
 	}

@@ -51,6 +51,7 @@ type store struct {
 	subs              map[string]*Subscription
 	states            map[string]*subState
 	match             atomic.Pointer[matchIndex]
+	list              atomic.Pointer[[]Subscription] // sorted by id, shared read-only
 
 	snaps  snapshots   // what readers read (see snapshot)
 	events *eventCache // recently enqueued events, for Event
@@ -240,6 +241,7 @@ func (s *store) load() error {
 			}
 		}
 		s.rebuildMatch()
+		s.rebuildList()
 		return nil
 	})
 }

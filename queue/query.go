@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -59,6 +60,26 @@ func (s *store) subscriptions() []Subscription {
 type matchIndex struct {
 	byType map[string][]string // types named by some subscription
 	wild   []string            // subscriptions with "*": every other type
+}
+
+// rebuildList recomputes the shared sorted list of subscriptions. Callers
+// hold subsMu. The stored subscriptions are never modified in place (a
+// change stores a new value), so shallow copies do.
+func (s *store) rebuildList() {
+	out := make([]Subscription, 0, len(s.subs))
+	for _, sub := range s.subs {
+		out = append(out, *sub)
+	}
+	slices.SortFunc(out, func(a, b Subscription) int { return strings.Compare(a.ID, b.ID) })
+	s.list.Store(&out)
+}
+
+// sharedList returns the shared sorted list.
+func (s *store) sharedList() []Subscription {
+	if p := s.list.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // rebuildMatch recomputes the match index. Callers hold subsMu.

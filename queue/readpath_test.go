@@ -214,3 +214,38 @@ func TestConcurrentReleaseAndDropAccountEveryDelivery(t *testing.T) {
 		t.Fatalf("dropped %d, left %d (pending %d), want %d in all", dropped, left, s.Pending("a"), n)
 	}
 }
+
+// The shared list follows every change, sorted by id, breaker counts
+// included.
+func TestSharedSubscriptionsFollowChanges(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, clock, func(o *Options) { o.noSync = true })
+	mustSub(t, s, "b")
+	mustSub(t, s, "a")
+	ids := func() string {
+		var out []string
+		for _, sub := range s.SharedSubscriptions() {
+			out = append(out, fmt.Sprintf("%s:%s:%d", sub.ID, sub.State, sub.ConsecutiveFailures))
+		}
+		return fmt.Sprint(out)
+	}
+	if got := ids(); got != "[a:active:0 b:active:0]" {
+		t.Fatalf("after create: %s", got)
+	}
+	mustEnqueue(t, s, "evt_sh1", "a")
+	jobs := mustTake(t, s, "a", 1, clock.Now())
+	s.Reschedule(jobs[0], clock.Now().Add(time.Minute), Attempt{Attempt: 1}, FailureEntry{Error: "boom"}, SubUpdate{ConsecutiveFailures: 1}, nil)
+	mustFlush(t, s)
+	if got := ids(); got != "[a:active:1 b:active:0]" {
+		t.Fatalf("after a failed attempt: %s", got)
+	}
+	if _, err := s.SetState(context.Background(), "b", StatePaused, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSubscription(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(); got != "[b:paused:3]" {
+		t.Fatalf("after pause and delete: %s", got)
+	}
+}

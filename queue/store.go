@@ -366,6 +366,12 @@ func (s *Store) Subscription(id string) (Subscription, error) { return s.impl.su
 // Subscriptions returns all subscriptions sorted by id (from memory).
 func (s *Store) Subscriptions() []Subscription { return s.impl.subscriptions() }
 
+// SharedSubscriptions is Subscriptions without the copies, for hot paths
+// (the dispatcher's every pass): the slice and what its subscriptions
+// reference (Events, Secrets, Headers) are shared and must not be
+// modified. It is replaced whole after every change.
+func (s *Store) SharedSubscriptions() []Subscription { return s.impl.sharedList() }
+
 // SetState sets a subscription's state and failure count and, when
 // activating, clears PausedAt (pausing sets it to now unless already
 // paused). It does not move deliveries: see Release.

@@ -441,6 +441,7 @@ func (s *store) afterCommit(b *batch) {
 		if b.subsChanged {
 			s.rebuildMatch()
 		}
+		s.rebuildList()
 		s.subsMu.Unlock()
 	}
 	for id, e := range b.fx {
