@@ -305,15 +305,17 @@ func (c *traceCarrier) Keys() []string { return []string{"traceparent", "tracest
 // limit it reads into a buffer of exactly that size (the server stops the
 // body there); otherwise it reads through http.MaxBytesReader.
 func (h *EmitHandler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *emitError) {
+	var body []byte
+	var err error
 	if cl := r.ContentLength; cl >= 0 && cl <= h.MaxBody {
-		body := make([]byte, cl)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
-			return nil, &emitError{status: http.StatusBadRequest, msg: fmt.Sprintf("reading body: %v", err)}
-		}
-		return body, nil
+		body = make([]byte, cl)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
 	if err != nil {
+		// A limit set before this handler (request_body) counts as too
+		// large as well.
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, &emitError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("body: larger than max_body (%d bytes)", h.MaxBody)}

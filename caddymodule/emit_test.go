@@ -237,3 +237,46 @@ func TestEventNameFromPath(t *testing.T) {
 		}
 	}
 }
+
+// TestReadBody: bodies are read whole with or without a Content-Length,
+// and every limit, this handler's or one set before it, answers 413.
+func TestReadBody(t *testing.T) {
+	h := &EmitHandler{MaxBody: 16}
+	tests := []struct {
+		name   string
+		body   string
+		cl     int64 // -1: unknown (chunked)
+		outer  int64 // a MaxBytesReader set before the handler; 0: none
+		status int
+	}{
+		{"with length", `{"a":1}`, 7, 0, 0},
+		{"unknown length", `{"a":1}`, -1, 0, 0},
+		{"empty", ``, 0, 0, 0},
+		{"at max_body", strings.Repeat("1", 16), 16, 0, 0},
+		{"over max_body", strings.Repeat("1", 17), 17, 0, http.StatusRequestEntityTooLarge},
+		{"over max_body, unknown length", strings.Repeat("1", 17), -1, 0, http.StatusRequestEntityTooLarge},
+		{"over an outer limit", `{"a":1}`, 7, 4, http.StatusRequestEntityTooLarge},
+		{"shorter than its length", `{}`, 7, 0, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPost, "/emit/lead.created", strings.NewReader(tt.body))
+			req.ContentLength = tt.cl
+			if tt.outer > 0 {
+				req.Body = http.MaxBytesReader(rec, req.Body, tt.outer)
+			}
+			body, err := h.readBody(rec, req)
+			got := 0
+			if err != nil {
+				got = err.status
+			}
+			if got != tt.status {
+				t.Fatalf("status %d (%v), want %d", got, err, tt.status)
+			}
+			if err == nil && string(body) != tt.body {
+				t.Errorf("body %q, want %q", body, tt.body)
+			}
+		})
+	}
+}
