@@ -297,6 +297,9 @@ func (s *store) writer() {
 			target, n := waiters, waitCount(first)
 			size := first.size()
 			lingered := false
+			// Outcomes alone wait for nobody: gather a few before paying a
+			// sync for them (their leases end a little later, nothing waits).
+			outcomesOnly := isOutcome(first)
 		drain:
 			for len(ops) < maxBatchOps && size < s.maxBatchBytes {
 				var o op
@@ -304,13 +307,18 @@ func (s *store) writer() {
 				select {
 				case o, ok = <-s.reqs:
 				default:
-					if n >= target || lingered {
+					gather := outcomesOnly && len(ops) < outcomeBatch
+					if (n >= target && !gather) || lingered {
 						break drain
 					}
+					wait := maxLinger
+					if gather {
+						wait = outcomeLinger
+					}
 					if linger == nil {
-						linger = time.NewTimer(maxLinger)
+						linger = time.NewTimer(wait)
 					} else {
-						linger.Reset(maxLinger)
+						linger.Reset(wait)
 					}
 					select {
 					case o, ok = <-s.reqs:
@@ -328,6 +336,7 @@ func (s *store) writer() {
 					break drain
 				}
 				ops = append(ops, o)
+				outcomesOnly = outcomesOnly && isOutcome(o)
 				size += o.size()
 				n += waitCount(o)
 			}
@@ -342,6 +351,18 @@ func (s *store) writer() {
 
 // maxLinger bounds how long the writer waits for callers to come back.
 const maxLinger = 500 * time.Microsecond
+
+// A batch of outcomes only is committed when outcomeBatch of them are
+// there, or after outcomeLinger.
+const (
+	outcomeBatch  = 64
+	outcomeLinger = time.Millisecond
+)
+
+func isOutcome(o op) bool {
+	_, ok := o.(*outcomeOp)
+	return ok
+}
 
 // waitCount is 1 for ops whose caller waits for the commit (and so comes
 // back with the next one as soon as it is acknowledged).
