@@ -29,6 +29,10 @@ const (
 	// most: small enough that emits queued behind it wait milliseconds, not
 	// seconds. A chunk too big for one transaction is halved (runChunk).
 	chunkSize = 2048
+	// releaseChunk is chunkSize for Release: its moves write no reads, so a
+	// chunk four times bigger costs about as much as a Drop chunk, and a
+	// 1 M backlog needs a quarter of the syncs.
+	releaseChunk = 4 * chunkSize
 )
 
 type store struct {
@@ -327,10 +331,10 @@ func (s *store) busy(id string) func() {
 	}
 }
 
-// scanDue reads up to chunkSize due entries of sub from key from on, skipping
+// scanDue reads up to limit due entries of sub from key from on, skipping
 // leased ones (when skipLeased) and jumping to the key skip returns (when
 // not nil), and returns them with the key to continue from (nil at the end).
-func (s *store) scanDue(sub string, from []byte, skipLeased bool, skip func(due time.Time) []byte) ([]dueEntry, []byte, error) {
+func (s *store) scanDue(sub string, from []byte, limit int, skipLeased bool, skip func(due time.Time) []byte) ([]dueEntry, []byte, error) {
 	st := s.state(sub)
 	var out []dueEntry
 	var next []byte
@@ -367,7 +371,7 @@ func (s *store) scanDue(sub string, from []byte, skipLeased bool, skip func(due 
 				return err
 			}
 			out = append(out, dueEntry{key: item.KeyCopy(nil), val: v})
-			if len(out) >= chunkSize {
+			if len(out) >= limit {
 				next = keySuccessor(out[len(out)-1].key)
 				break
 			}
@@ -396,7 +400,7 @@ func (s *store) release(ctx context.Context, sub string) error {
 	}
 	var from []byte
 	for {
-		entries, next, err := s.scanDue(sub, from, true, skip)
+		entries, next, err := s.scanDue(sub, from, releaseChunk, true, skip)
 		if err != nil {
 			return fmt.Errorf("release %s: %w", sub, err)
 		}
@@ -421,7 +425,7 @@ func (s *store) dropLive(ctx context.Context, sub string) (int, error) {
 	total := 0
 	var from []byte
 	for {
-		entries, next, err := s.scanDue(sub, from, false, nil)
+		entries, next, err := s.scanDue(sub, from, chunkSize, false, nil)
 		if err != nil {
 			return total, fmt.Errorf("drop deliveries of %s: %w", sub, err)
 		}
