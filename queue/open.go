@@ -270,7 +270,12 @@ func (s *store) close() error {
 }
 
 // view runs fn in the latest published snapshot (see snapshot) unless the
-// store is closed. fn must not keep the transaction or discard it.
+// store is closed. fn must not keep the transaction or discard it, and must
+// start from scratch when run again: if it fails, it is run once more in a
+// fresh transaction. (The janitor's value-log GC commits outside the
+// writer: it moves live values to a new file and deletes the old one, and
+// Badger then answers an empty value for the snapshot's stale pointer. A
+// fresh transaction sees the moved value.)
 func (s *store) view(fn func(txn *badger.Txn) error) error {
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
@@ -278,8 +283,12 @@ func (s *store) view(fn func(txn *badger.Txn) error) error {
 		return ErrClosed
 	}
 	p := s.snaps.acquire()
-	defer p.release()
-	return fn(p.txn)
+	err := fn(p.txn)
+	p.release()
+	if err == nil || errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return s.db.View(fn)
 }
 
 func (s *store) newEnqueue(ev Event, subs []string, idem string) (*enqueueOp, error) {
@@ -339,6 +348,7 @@ func (s *store) scanDue(sub string, from []byte, limit int, skipLeased bool, ski
 	var out []dueEntry
 	var next []byte
 	err := s.view(func(txn *badger.Txn) error {
+		out, next = nil, nil
 		prefix := duePrefix(sub)
 		if from == nil {
 			from = prefix
@@ -482,10 +492,19 @@ func (s *store) janitor() {
 				s.opts.Logger.Warn("queue garbage collection", zap.Error(err))
 			}
 			// Only payloads over the value threshold live in the value log.
+			moved := false
 			for i := 0; i < 4; i++ {
 				if s.isClosed() || s.db.RunValueLogGC(0.5) != nil {
 					break
 				}
+				moved = true
+			}
+			if moved {
+				// A commit publishes a snapshot that sees the moved values
+				// (reads of older ones fall back to a fresh transaction).
+				o := &flushOp{waiter: newWaiter()}
+				_ = s.run(context.Background(), o, &o.waiter) // closed: nothing to read
+
 			}
 		}
 	}
@@ -504,6 +523,7 @@ func (s *store) collect(ctx context.Context) (int, error) {
 		end := gcKey(s.now(), "")
 		var keys [][]byte
 		err := s.view(func(txn *badger.Txn) error {
+			keys = nil
 			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(pfxGC), PrefetchValues: false})
 			defer it.Close()
 			for it.Rewind(); it.Valid() && len(keys) < chunkSize; it.Next() {

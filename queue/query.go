@@ -189,6 +189,7 @@ func (s *store) eventDeliveries(id string) (Event, []DeliveryInfo, error) {
 	now := s.now()
 	out := make([]DeliveryInfo, 0, len(rec.Subs))
 	err = s.view(func(txn *badger.Txn) error {
+		out = out[:0]
 		for _, sub := range rec.Subs {
 			info := DeliveryInfo{SubscriptionID: sub, Attempts: []Attempt{}}
 			var d delivRecord
@@ -267,6 +268,7 @@ func (s *store) failures(subID string, limit int, before time.Time) ([]FailureEn
 	}
 	var out []FailureEntry
 	err := s.view(func(txn *badger.Txn) error {
+		out = nil
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: true, PrefetchValues: false})
 		defer it.Close()
 		for it.Seek(seek); it.Valid() && len(out) < limit; it.Next() {

@@ -85,6 +85,7 @@ func (s *store) take(subID string, max int, now time.Time) ([]Job, time.Time, er
 		cursor = start
 	)
 	err := s.view(func(txn *badger.Txn) error {
+		jobs, next, cursor = nil, time.Time{}, start
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 		defer it.Close()
 		for it.Seek(start); it.Valid(); it.Next() {
