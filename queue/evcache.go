@@ -6,8 +6,11 @@ import (
 )
 
 // DefaultEventCacheBytes bounds the cache of recently enqueued events
-// (Options.EventCacheBytes).
-const DefaultEventCacheBytes = 32 << 20
+// (Options.EventCacheBytes). Live delivery needs only the events between
+// their enqueue and their attempt (seconds' worth at most); a backlog is
+// sent oldest first, so a bigger cache would hold the events needed last
+// and add to the peak RSS the 1 M backlog target bounds.
+const DefaultEventCacheBytes = 16 << 20
 
 // eventOverhead is what one cached event costs besides its strings and
 // data (map entry, list element, the Event header).
