@@ -409,6 +409,10 @@ func (e *Engine) Pause(ctx context.Context, id string) (queue.Subscription, erro
 	if err != nil {
 		return queue.Subscription{}, fmt.Errorf("pause subscription %s: %w", id, err)
 	}
+	e.log.Warn("subscription paused by hand",
+		zap.String("subscription", id),
+		zap.Int("consecutive_failures", sub.ConsecutiveFailures),
+		zap.String("last_error", sub.LastError))
 	return sub, nil
 }
 

@@ -161,6 +161,26 @@ func TestFailureKinds(t *testing.T) {
 			timeout: 300 * time.Millisecond,
 		},
 		{
+			// A 2xx is a success only once its body ended: one that
+			// streams on past what is read is a failed attempt.
+			name: "2xx body never ends",
+			url: func(t *testing.T) string {
+				return newSubscriber(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+					w.WriteHeader(200)
+					chunk := bytes.Repeat([]byte("y"), 64<<10)
+					for r.Context().Err() == nil {
+						if _, err := w.Write(chunk); err != nil {
+							return
+						}
+					}
+				}).url()
+			},
+			status:  200,
+			bodyLen: 4096,
+			errHas:  "not read to its end",
+			outcome: "error",
+		},
+		{
 			name: "redirect not followed",
 			url: func(t *testing.T) string {
 				var visited atomic.Int32

@@ -211,7 +211,18 @@ func (b *Breakers) Finish(t Ticket, success, gone bool) Result {
 	defer b.mu.Unlock()
 	s := t.sub
 	s.inFlight--
-	if s.removed || t.gen != s.gen || s.paused {
+	if s.removed || t.gen != s.gen {
+		return b.staleResult(t.SubscriptionID)
+	}
+	if s.paused {
+		// An attempt that was in flight when the subscription was paused
+		// (by hand, or by a 410 beside it): a success still resets the
+		// count ("any success resets it"); the pause stays until Reset.
+		if success && !gone {
+			s.failures = 0
+			s.base.Store(0)
+			return Result{ConsecutiveFailures: 0}
+		}
 		return b.staleResult(t.SubscriptionID)
 	}
 	if success && !gone {

@@ -234,9 +234,18 @@ func TestBreakerManualPause(t *testing.T) {
 	if _, ok := b.Start("s"); ok {
 		t.Fatal("Start allowed after manual pause")
 	}
-	// The attempt in flight finishes, is not counted and reports no trip.
+	// A failure in flight finishes, is not counted and reports no trip.
 	if r := b.Finish(inflight, false, false); r.Tripped || !r.Stale || r.ConsecutiveFailures != 1 {
-		t.Fatalf("in-flight after manual pause: %+v", r)
+		t.Fatalf("in-flight failure after manual pause: %+v", r)
+	}
+	// A success in flight still resets the count ("any success resets it"),
+	// and the subscription stays paused.
+	b.Reset("s")
+	attempt(t, b, "s", false, false)
+	inflight, _ = b.Start("s")
+	b.Pause("s")
+	if r := b.Finish(inflight, true, false); r.Tripped || r.ConsecutiveFailures != 0 || b.Failures("s") != 0 || !b.Paused("s") {
+		t.Fatalf("in-flight success after manual pause: %+v failures=%d paused=%v", r, b.Failures("s"), b.Paused("s"))
 	}
 	b.Reset("s")
 	if _, ok := b.Start("s"); !ok {
