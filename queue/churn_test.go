@@ -58,11 +58,14 @@ func TestChurn(t *testing.T) {
 			}
 		}
 	}
-	// probe measures taking the next due delivery: the median of 51 single
-	// cycles' Take.
+	// probe measures taking the next due delivery: the 10th percentile of
+	// 101 single cycles' Take. A low percentile, not the median, so that
+	// other work on the machine (CI builds beside the tests, Badger's own
+	// compactions) does not decide the comparison; the tombstones the
+	// cursor must not step over would slow every probe, the low ones too.
 	probe := func() time.Duration {
 		var ds []time.Duration
-		for range 51 {
+		for range 101 {
 			mustEnqueue(t, s, "probe", "a")
 			start := time.Now()
 			jobs, _, err := s.Take("a", 1, clock.Now())
@@ -74,7 +77,7 @@ func TestChurn(t *testing.T) {
 			mustFlush(t, s)
 		}
 		slices.Sort(ds)
-		return ds[len(ds)/2]
+		return ds[len(ds)/10]
 	}
 
 	// Warm up until Badger has flushed memtables and compacted: the start
