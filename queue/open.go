@@ -59,6 +59,7 @@ type store struct {
 
 	snaps  snapshots   // what readers read (see snapshot)
 	events *eventCache // recently enqueued events, for Event
+	advise *advisor    // keeps the value log and WALs out of read-around
 }
 
 // badgerOptions bounds Badger's memory by configuration, not by backlog: the
@@ -158,6 +159,7 @@ func open(opts Options) (*store, error) {
 		return nil, fmt.Errorf("open queue in %s: %w", opts.Dir, err)
 	}
 	s.snaps.publish(db)
+	s.advise = startAdvisor(opts.Dir)
 	go s.writer()
 	// Due entries of subscriptions that are gone: a delete was interrupted.
 	for id, st := range s.states {
@@ -262,6 +264,7 @@ func (s *store) close() error {
 	<-s.writerDone
 	close(s.stopGC)
 	<-s.gcDone
+	s.advise.close()
 	s.snaps.close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close queue: %w", err)

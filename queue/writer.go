@@ -416,6 +416,7 @@ func (s *store) commitBatch(ops []op) int {
 	err := b.finishWrites()
 	if err == nil {
 		err = b.txn.Commit()
+		s.advise.poke() // a commit may have started a new WAL or value log file
 	} else {
 		b.txn.Discard()
 	}

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package queue
+
+const adviseSupported = false
+
+func (a *advisor) scan() {}
