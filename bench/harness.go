@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +36,6 @@ var concurrencies = []int{1, 16, 64}
 
 const (
 	targetEmitRatio     = 0.6
-	targetEmitRate      = 25000
 	targetDeliveryRatio = 0.4
 	targetP99           = 20 * time.Millisecond
 	targetRSS           = 256 << 20
@@ -100,6 +101,14 @@ type results struct {
 	Emits          map[int]closedResult
 	DeliveryRate   float64 // c=64 phase: 2xx emits / (phase start → last delivery)
 
+	// Ingest is the top-concurrency emit phase with the subscription paused
+	// (each emit stores the event and its held delivery; nothing is sent),
+	// HeldRate the deliveries/s of those events from Activate until the
+	// subscriber has all of them.
+	Ingest       closedResult
+	HeldRate     float64
+	HeldActivate time.Duration
+
 	Latency []latencyResult
 
 	BacklogN      int64
@@ -131,6 +140,7 @@ type latencyResult struct {
 	Delivery  latencySummary // scheduled send → first arrival at the subscriber
 	Ack       latencySummary // scheduled send → 2xx from the emit endpoint
 	Failures  string
+	Steal     float64 // share of CPU time the hypervisor took during the phase (-1 unknown)
 }
 
 func (r *results) errorf(format string, args ...any) {
@@ -238,6 +248,9 @@ func (h *harness) run(ctx context.Context) *results {
 	}
 	emitURL := h.car.Emit + "/emit/lead.created"
 	h.emitPhases(phases, res, client, emitURL)
+	if h.alive(res) && phases.Err() == nil {
+		h.ingestPhase(phases, res, client, emitURL)
+	}
 	if h.alive(res) && phases.Err() == nil {
 		h.latencyPhases(phases, res, client, emitURL)
 	}
@@ -361,6 +374,51 @@ func (h *harness) emitPhases(ctx context.Context, res *results, client *http.Cli
 	}
 }
 
+// ingestPhase separates the two halves of the sidecar's work, which on a
+// small machine compete for the same cores (and with the harness and the
+// subscriber): with the subscription paused it measures durable emits
+// alone, then activates it and measures deliveries alone.
+func (h *harness) ingestPhase(ctx context.Context, res *results, client *http.Client, url string) {
+	top := concurrencies[len(concurrencies)-1]
+	res.Phase = "ingest"
+	if err := h.car.Pause(ctx, h.subID); err != nil {
+		res.errorf("ingest: %v", err)
+		return
+	}
+	h.logf("sidecar: durable emits with the subscription paused, closed loop c=%d, n=%d, at most %s", top, h.opt.N, h.opt.PhaseTime)
+	var prof sync.WaitGroup
+	if h.opt.PprofDir != "" {
+		prof.Go(func() {
+			h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())-1, 1), "cpu-ingest-c64.pprof")
+		})
+		prof.Go(func() { h.profile(ctx, res, "trace", 2, "trace-ingest-c64.out") })
+	}
+	r := h.emit(ctx, client, url, top, h.opt.N, h.opt.PhaseTime)
+	prof.Wait()
+	res.Ingest = r
+	if r.Failures != "" {
+		res.errorf("ingest c=%d: %s", top, r.Failures)
+	}
+	res.Phase = "deliver held"
+	h.logf("sidecar: activating; timing the delivery of the %d held events", r.OK)
+	t0 := time.Now()
+	if err := h.car.Activate(ctx, h.subID); err != nil {
+		res.errorf("deliver held: %v", err)
+		return
+	}
+	res.HeldActivate = time.Since(t0)
+	if h.opt.PprofDir != "" {
+		prof.Go(func() {
+			h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())/2, 1), "cpu-deliver-held.pprof")
+		})
+	}
+	counts, ok := h.waitDelivered(ctx, res, res.Phase)
+	prof.Wait()
+	if ok && r.OK > 0 {
+		res.HeldRate = float64(r.OK) / time.Unix(0, counts.ReachedAt).Sub(t0).Seconds()
+	}
+}
+
 func (h *harness) latencyPhases(ctx context.Context, res *results, client *http.Client, url string) {
 	rates := []struct {
 		label string
@@ -379,10 +437,18 @@ func (h *harness) latencyPhases(ctx context.Context, res *results, client *http.
 		}
 		res.Phase = "latency " + r.label
 		h.logf("sidecar: emit→delivery latency, open loop at %.0f/s for %s", r.rate, h.opt.LatencyTime)
+		var prof sync.WaitGroup
+		if h.opt.PprofDir != "" && r.rate == latencyRate {
+			secs := max(int(h.opt.LatencyTime.Seconds())/2, 1)
+			prof.Go(func() { h.profile(ctx, res, "trace", secs, "trace-latency-1k.out") })
+		}
 		p := newPoster(client, url)
+		cpu0 := readCPUTimes()
 		o := openLoop(ctx, p, &h.seqs, r.rate, h.opt.LatencyTime, openLoopWorkers, &h.acked)
+		steal := readCPUTimes().stealSince(cpu0)
+		prof.Wait()
 		h.nAck.Add(o.OK)
-		lr := latencyResult{Label: r.label, Offered: r.rate, Sent: o.Count, OK: o.OK, Late: o.Late, Failures: o.Failures}
+		lr := latencyResult{Label: r.label, Offered: r.rate, Sent: o.Count, OK: o.OK, Late: o.Late, Failures: o.Failures, Steal: steal}
 		if o.Failures != "" {
 			res.errorf("latency %s: %s", r.label, o.Failures)
 		}
@@ -569,4 +635,39 @@ func (h *harness) settle(ctx context.Context, res *results) {
 		l.Undelivered = h.undelivered(ctx, res, l.Missing)
 	}
 	res.Ledger, res.Ledgered = l, true
+}
+
+// cpuTimes are the machine's CPU time counters (/proc/stat, all CPUs).
+type cpuTimes struct{ total, steal int64 }
+
+func readCPUTimes() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTimes{}
+	}
+	var t cpuTimes
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i < 8 { // user … steal; guest time is already in user
+			t.total += n
+		}
+		if i == 7 {
+			t.steal = n
+		}
+	}
+	return t
+}
+
+// stealSince is the share of CPU time stolen by the hypervisor since c0,
+// or -1 if unknown.
+func (c cpuTimes) stealSince(c0 cpuTimes) float64 {
+	if c.total <= c0.total || c0.total == 0 {
+		return -1
+	}
+	return float64(c.steal-c0.steal) / float64(c.total-c0.total)
 }
