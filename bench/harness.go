@@ -411,6 +411,7 @@ func (h *harness) ingestPhase(ctx context.Context, res *results, client *http.Cl
 		prof.Go(func() {
 			h.profile(ctx, res, "profile", max(int(h.opt.PhaseTime.Seconds())/2, 1), "cpu-deliver-held.pprof")
 		})
+		prof.Go(func() { h.profile(ctx, res, "trace", 1, "trace-deliver-held.out") })
 	}
 	counts, ok := h.waitDelivered(ctx, res, res.Phase)
 	prof.Wait()

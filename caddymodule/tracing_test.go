@@ -3,6 +3,8 @@ package caddymodule
 import (
 	"context"
 	"testing"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 func TestExporterConfigured(t *testing.T) {
@@ -47,6 +49,49 @@ func TestTracerProviderWithoutExporter(t *testing.T) {
 	span.End()
 	if !sc.TraceID().IsValid() || !sc.SpanID().IsValid() || !sc.IsSampled() {
 		t.Errorf("span context %v: want valid, sampled ids", sc)
+	}
+	if err := tp.shutdown(context.Background()); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// Without an exporter the spans record nothing, but ids and sampling follow
+// the SDK's default sampler: a root is sampled and gets a fresh trace id; a
+// child keeps its parent's trace id, flags and tracestate, with its own
+// span id.
+func TestTracerWithoutExporterFollowsParent(t *testing.T) {
+	t.Setenv("OTEL_TRACES_EXPORTER", "none")
+	tp, err := newTracerProvider()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, a := tp.tracer.Start(context.Background(), "webhook.emit")
+	_, b := tp.tracer.Start(context.Background(), "webhook.emit")
+	if a.SpanContext().TraceID() == b.SpanContext().TraceID() {
+		t.Errorf("two root spans share trace id %s", a.SpanContext().TraceID())
+	}
+	if a.IsRecording() {
+		t.Error("span records although nothing exports it")
+	}
+	for _, sampled := range []bool{true, false} {
+		flags := trace.TraceFlags(0)
+		if sampled {
+			flags = trace.FlagsSampled
+		}
+		ts, _ := trace.ParseTraceState("vendor=x")
+		parent := trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6}, TraceFlags: flags, TraceState: ts, Remote: true})
+		ctx, child := tp.tracer.Start(trace.ContextWithRemoteSpanContext(context.Background(), parent), "webhook.deliver")
+		sc := child.SpanContext()
+		if sc.TraceID() != parent.TraceID() || sc.SpanID() == parent.SpanID() || !sc.SpanID().IsValid() {
+			t.Errorf("child %s/%s of %s/%s: want the parent's trace id and a new span id", sc.TraceID(), sc.SpanID(), parent.TraceID(), parent.SpanID())
+		}
+		if sc.IsSampled() != sampled || sc.TraceState().String() != "vendor=x" {
+			t.Errorf("child of a parent sampled=%v: sampled=%v tracestate %q", sampled, sc.IsSampled(), sc.TraceState())
+		}
+		if got := trace.SpanContextFromContext(ctx); !got.Equal(sc) {
+			t.Errorf("context carries %v, span has %v", got, sc)
+		}
 	}
 	if err := tp.shutdown(context.Background()); err != nil {
 		t.Errorf("shutdown: %v", err)
