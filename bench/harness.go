@@ -96,6 +96,10 @@ type results struct {
 
 	PostCeiling   map[int]float64 // concurrency -> req/s
 	BadgerCeiling float64
+	// CaddyCeiling is the sidecar binary answering the same POSTs with a
+	// static 202 (Caddy's respond handler, no webhooks code) at the top
+	// concurrency: what Caddy's HTTP serving alone costs on this machine.
+	CaddyCeiling float64
 
 	Binary, Commit string
 	Emits          map[int]closedResult
@@ -246,6 +250,7 @@ func (h *harness) run(ctx context.Context) *results {
 		settleCtx, cancel = context.WithTimeout(ctx, quickPhaseBudget+quickSettleBudget)
 		defer cancel()
 	}
+	h.caddyCeiling(phases, res, client)
 	emitURL := h.car.Emit + "/emit/lead.created"
 	h.emitPhases(phases, res, client, emitURL)
 	if h.alive(res) && phases.Err() == nil {
@@ -292,6 +297,20 @@ func (h *harness) ceilings(ctx context.Context, res *results, client *http.Clien
 		res.errorf("%v", err)
 	}
 	res.BadgerCeiling = rate
+}
+
+// caddyCeiling measures the sidecar binary's static respond route, before
+// any event is emitted, so nothing else runs in the sidecar meanwhile.
+func (h *harness) caddyCeiling(ctx context.Context, res *results, client *http.Client) {
+	top := concurrencies[len(concurrencies)-1]
+	res.Phase = "caddy ceiling"
+	h.logf("ceiling: the sidecar's static respond 202, c=%d for %s", top, h.opt.CeilingTime)
+	var seqs seqRange // not events
+	r := closedLoop(ctx, newPoster(client, h.car.Emit+"/bench/respond"), &seqs, top, 1<<40, h.opt.CeilingTime, nil)
+	res.CaddyCeiling = r.Rate()
+	if r.Failures != "" {
+		res.errorf("caddy respond c=%d: %s", top, r.Failures)
+	}
 }
 
 // postCeilings measures the bare POST rate at each concurrency, keeping the

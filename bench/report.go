@@ -23,6 +23,11 @@ func (h *harness) rows(res *results) []row {
 		rows = append(rows, row{Figure: fmt.Sprintf("ceiling: bare POST c=%d", c), Value: perSec(res.PostCeiling[c])})
 	}
 	rows = append(rows, row{Figure: "ceiling: bare Badger SyncWrites, 1 txn/event, 64 goroutines", Value: perSec(res.BadgerCeiling)})
+	top0 := concurrencies[len(concurrencies)-1]
+	if res.CaddyCeiling > 0 {
+		rows = append(rows, row{Figure: fmt.Sprintf("ceiling: the sidecar binary's static `respond 202` (Caddy alone) c=%d", top0),
+			Value: perSec(res.CaddyCeiling), Ceiling: perSec(res.PostCeiling[top0]), Ratio: ratio(res.CaddyCeiling, res.PostCeiling[top0])})
+	}
 
 	top := concurrencies[len(concurrencies)-1]
 	ceil := res.PostCeiling[top]
@@ -34,6 +39,10 @@ func (h *harness) rows(res *results) []row {
 		rows = append(rows, row{Figure: fmt.Sprintf("durable emits/s c=%d, deliveries held (ingest alone)", top), Value: perSec(res.Ingest.Rate()),
 			Ceiling: perSec(ceil), Ratio: ratio(res.Ingest.Rate(), ceil),
 			Target: fmt.Sprintf("≥ %.1f×", targetEmitRatio), Result: verdict(res.Ingest.Rate() >= targetEmitRatio*ceil)})
+		if res.CaddyCeiling > 0 {
+			rows = append(rows, row{Figure: fmt.Sprintf("durable emits/s c=%d ingest alone, vs Caddy's static respond", top), Value: perSec(res.Ingest.Rate()),
+				Ceiling: perSec(res.CaddyCeiling), Ratio: ratio(res.Ingest.Rate(), res.CaddyCeiling)})
+		}
 		r := row{Figure: fmt.Sprintf("deliveries/s of those %d after activate (delivery alone)", res.Ingest.OK),
 			Value: perSec(res.HeldRate), Ceiling: perSec(ceil), Ratio: ratio(res.HeldRate, ceil),
 			Target: fmt.Sprintf("≥ %.1f×", targetDeliveryRatio)}
@@ -213,7 +222,11 @@ through the admin API).
   in a temp dir. Badger batches concurrent commits into one write but syncs
   the WAL once per transaction, so this is the rate of naive per-event
   commits; a sidecar that packs many events into one transaction (group
-  commit) can exceed it.
+  commit) can exceed it. One more ceiling is taken from the sidecar
+  binary itself, once it is up and before any event: the same POSTs at
+  c=64 to a route of its Caddyfile that is Caddy's static ` + "`respond 202`" + `
+  (no webhooks code, the body left to Go's server to discard), i.e. what
+  Caddy's HTTP serving costs before the sidecar does any work.
 - Durable emits/s: closed loop, 2xx answers per second, each phase bounded by
   ` + "`-n`" + ` and ` + "`-phase-time`" + `. Measured twice: with the subscription live
   (c=1, 16, 64; the sidecar delivers while it ingests), and at c=64 with the

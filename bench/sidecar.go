@@ -134,6 +134,7 @@ func (c sidecarConfig) caddyfile() string {
 
 http://127.0.0.1:%d {
 	webhook_emit /emit/*
+	respond /bench/respond 202
 }
 `, c.AdminPort, c.Storage, c.Workers, c.InFlight, pause, c.EmitPort)
 }
