@@ -128,9 +128,21 @@ type results struct {
 
 	Ledger   ledger
 	Ledgered bool
+	// CPU is where the CPU went in the phases that measure a rate.
+	CPU      []phaseCPU
 	Notes    []string
 	Errors   []string
 	Profiles []string
+}
+
+// phaseCPU is the CPU use of one phase.
+type phaseCPU struct {
+	Label string
+	Use   cpuUse
+}
+
+func (r *results) cpu(label string, u cpuUse) {
+	r.CPU = append(r.CPU, phaseCPU{Label: label, Use: u})
 }
 
 // latencyResult is one open-loop phase's emit→delivery latency.
@@ -306,7 +318,9 @@ func (h *harness) caddyCeiling(ctx context.Context, res *results, client *http.C
 	res.Phase = "caddy ceiling"
 	h.logf("ceiling: the sidecar's static respond 202, c=%d for %s", top, h.opt.CeilingTime)
 	var seqs seqRange // not events
+	c0 := h.sampleCPU()
 	r := closedLoop(ctx, newPoster(client, h.car.Emit+"/bench/respond"), &seqs, top, 1<<40, h.opt.CeilingTime, nil)
+	res.cpu(fmt.Sprintf("Caddy's static respond c=%d", top), h.sampleCPU().since(c0, r.OK))
 	res.CaddyCeiling = r.Rate()
 	if r.Failures != "" {
 		res.errorf("caddy respond c=%d: %s", top, r.Failures)
@@ -320,7 +334,11 @@ func (h *harness) postCeilings(ctx context.Context, res *results, client *http.C
 		h.logf("ceiling: bare POST c=%d for %s %s", c, h.opt.CeilingTime, again)
 		p := newPoster(client, h.sub.CeilingURL())
 		var seqs seqRange // the ceiling's requests are not events
+		c0 := h.sampleCPU()
 		r := closedLoop(ctx, p, &seqs, c, 1<<40, h.opt.CeilingTime, nil)
+		if c == concurrencies[len(concurrencies)-1] {
+			res.cpu(strings.TrimSpace(fmt.Sprintf("bare POST c=%d %s", c, again)), h.sampleCPU().since(c0, r.OK))
+		}
 		if again != "" {
 			res.notef("bare POST c=%d: %.0f/s before the sidecar phases, %.0f/s after", c, res.PostCeiling[c], r.Rate())
 		}
@@ -379,7 +397,9 @@ func (h *harness) emitPhases(ctx context.Context, res *results, client *http.Cli
 				h.profile(ctx, res, "goroutine", 0, "goroutines-emit-c64.txt")
 			})
 		}
+		c0 := h.sampleCPU()
 		r := h.emit(ctx, client, url, c, h.opt.N, h.opt.PhaseTime)
+		res.cpu(fmt.Sprintf("emits c=%d, delivering at once (per event, its delivery included)", c), h.sampleCPU().since(c0, r.OK))
 		res.Emits[c] = r
 		if r.Failures != "" {
 			res.errorf("emit c=%d: %s", c, r.Failures)
@@ -412,7 +432,9 @@ func (h *harness) ingestPhase(ctx context.Context, res *results, client *http.Cl
 		})
 		prof.Go(func() { h.profile(ctx, res, "trace", 2, "trace-ingest-c64.out") })
 	}
+	c0 := h.sampleCPU()
 	r := h.emit(ctx, client, url, top, h.opt.N, h.opt.PhaseTime)
+	res.cpu(fmt.Sprintf("ingest alone c=%d", top), h.sampleCPU().since(c0, r.OK))
 	prof.Wait()
 	res.Ingest = r
 	if r.Failures != "" {
@@ -420,6 +442,7 @@ func (h *harness) ingestPhase(ctx context.Context, res *results, client *http.Cl
 	}
 	res.Phase = "deliver held"
 	h.logf("sidecar: activating; timing the delivery of the %d held events", r.OK)
+	c0 = h.sampleCPU()
 	t0 := time.Now()
 	if err := h.car.Activate(ctx, h.subID); err != nil {
 		res.errorf("deliver held: %v", err)
@@ -433,6 +456,7 @@ func (h *harness) ingestPhase(ctx context.Context, res *results, client *http.Cl
 		prof.Go(func() { h.profile(ctx, res, "trace", 1, "trace-deliver-held.out") })
 	}
 	counts, ok := h.waitDelivered(ctx, res, res.Phase)
+	res.cpu("delivery alone (activate included)", h.sampleCPU().since(c0, r.OK))
 	prof.Wait()
 	if ok && r.OK > 0 {
 		res.HeldRate = float64(r.OK) / time.Unix(0, counts.ReachedAt).Sub(t0).Seconds()
@@ -509,12 +533,18 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 		res.notef("VmHWM could not be reset; peak RSS is the highest sampled VmRSS (every 100 ms)")
 	}
 	mem := sampleMem(h.car, 100*time.Millisecond, res.PeakIsHWM)
-	defer func() { res.PeakRSS, res.PeakAnon = mem.Stop() }()
+	defer func() {
+		res.PeakRSS, res.PeakAnon = mem.Stop()
+		res.notef("peak anonymous RSS by stage of the backlog phase: %s", mem.StagePeaks())
+	}()
+	mem.Stage("fill")
 
 	h.logf("sidecar: subscription paused; emitting a backlog of %d at c=%d", h.opt.Backlog, backlogConcurrency)
 	// Bounded even on a very slow sidecar: 1 M at 500/s is 33 min.
 	limit := time.Duration(h.opt.Backlog)*2*time.Millisecond + 10*time.Second
+	c0 := h.sampleCPU()
 	r := h.emit(ctx, client, url, backlogConcurrency, h.opt.Backlog, limit)
+	res.cpu(fmt.Sprintf("backlog fill c=%d", backlogConcurrency), h.sampleCPU().since(c0, r.OK))
 	res.BacklogN = r.OK
 	if r.Failures != "" {
 		res.errorf("backlog emit: %s", r.Failures)
@@ -525,6 +555,7 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 	} else {
 		res.errorf("backlog: %v", err)
 	}
+	mem.Stage("hold")
 	if m, err := h.car.Mem(); err == nil {
 		res.BacklogMem = m
 	}
@@ -541,7 +572,9 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 	}
 
 	res.Phase = "drain"
+	mem.Stage("drain")
 	h.logf("sidecar: activating; timing the drain of %d", r.OK)
+	c0 = h.sampleCPU()
 	t0 := time.Now()
 	if err := h.car.Activate(ctx, h.subID); err != nil {
 		res.errorf("drain: %v", err)
@@ -557,6 +590,7 @@ func (h *harness) backlogPhase(ctx context.Context, res *results, client *http.C
 		})
 	}
 	c, ok := h.waitDelivered(ctx, res, "drain")
+	res.cpu("backlog drain (activate included)", h.sampleCPU().since(c0, r.OK))
 	prof.Wait()
 	if ok {
 		res.DrainComplete = true
@@ -658,7 +692,7 @@ func (h *harness) settle(ctx context.Context, res *results) {
 }
 
 // cpuTimes are the machine's CPU time counters (/proc/stat, all CPUs).
-type cpuTimes struct{ total, steal int64 }
+type cpuTimes struct{ total, steal, idle int64 }
 
 func readCPUTimes() cpuTimes {
 	b, err := os.ReadFile("/proc/stat")
@@ -678,6 +712,9 @@ func readCPUTimes() cpuTimes {
 		}
 		if i == 7 {
 			t.steal = n
+		}
+		if i == 3 || i == 4 { // idle, iowait
+			t.idle += n
 		}
 	}
 	return t

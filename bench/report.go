@@ -170,6 +170,12 @@ func (h *harness) render(res *results) report {
 		fmt.Fprintf(&md, "\nOpen loop @%s: %d scheduled, %d answered 2xx, %d delivered, %d left the harness >1 ms late; CPU time taken by the hypervisor (steal) meanwhile: %s.\n",
 			l.Label, l.Sent, l.OK, l.Delivered, l.Late, steal)
 	}
+	if len(res.CPU) > 0 {
+		md.WriteString("\nCPU per operation (user + system time of each process over the phase, divided by its 2xx answers or deliveries):\n\n")
+		for _, c := range res.CPU {
+			fmt.Fprintf(&md, "- %s: %s\n", c.Label, c.Use)
+		}
+	}
 	if len(res.Notes) > 0 {
 		md.WriteString("\nNotes:\n\n")
 		for _, n := range res.Notes {
@@ -196,6 +202,9 @@ func (h *harness) render(res *results) report {
 	txt.WriteString(textTable(rows))
 	if res.Ledgered {
 		fmt.Fprintf(&txt, "\nledger: %s\n", res.Ledger)
+	}
+	for _, c := range res.CPU {
+		fmt.Fprintf(&txt, "cpu: %s: %s\n", c.Label, c.Use)
 	}
 	for _, e := range res.Errors {
 		fmt.Fprintf(&txt, "error: %s\n", e)

@@ -418,12 +418,38 @@ type memSampler struct {
 	mu       sync.Mutex
 	peak     int64 // max of sampled VmRSS and, if used, VmHWM
 	peakAnon int64 // max of sampled RssAnon
+	stage    string
+	stages   []string         // in the order they began
+	byStage  map[string]int64 // stage -> max sampled RssAnon in it
+}
+
+// Stage names what the sidecar does from now on; the peak anonymous RSS
+// is also kept per stage.
+func (m *memSampler) Stage(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stage = name
+	if _, ok := m.byStage[name]; !ok {
+		m.stages = append(m.stages, name)
+		m.byStage[name] = 0
+	}
+}
+
+// StagePeaks is "fill 210.3 MiB, hold 190.1 MiB, drain 230.5 MiB".
+func (m *memSampler) StagePeaks() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var parts []string
+	for _, st := range m.stages {
+		parts = append(parts, fmt.Sprintf("%s %s", st, mib(m.byStage[st])))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // sampleMem reads the sidecar's memory every interval until Stop. useHWM
 // counts the kernel's VmHWM too (only meaningful after ResetPeak succeeded).
 func sampleMem(s *sidecar, interval time.Duration, useHWM bool) *memSampler {
-	m := &memSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	m := &memSampler{stop: make(chan struct{}), done: make(chan struct{}), byStage: map[string]int64{}}
 	go func() {
 		defer close(m.done)
 		t := time.NewTicker(interval)
@@ -436,6 +462,9 @@ func sampleMem(s *sidecar, interval time.Duration, useHWM bool) *memSampler {
 					m.peak = max(m.peak, ms.HWM)
 				}
 				m.peakAnon = max(m.peakAnon, ms.Anon)
+				if m.stage != "" {
+					m.byStage[m.stage] = max(m.byStage[m.stage], ms.Anon)
+				}
 				m.mu.Unlock()
 			}
 			select {
