@@ -28,6 +28,17 @@ type options struct {
 	Out         string
 	PprofDir    string
 	Keep        bool
+	Skip        string
+}
+
+// skips reports whether phase was named in -skip.
+func (o *options) skips(phase string) bool {
+	for _, p := range strings.Split(o.Skip, ",") {
+		if strings.TrimSpace(p) == phase {
+			return true
+		}
+	}
+	return false
 }
 
 // concurrencies of the closed-loop phases; the last one is the one the
@@ -63,6 +74,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Out, "out", "", "results file (default <module>/bench/RESULTS.md)")
 	fs.StringVar(&o.PprofDir, "pprof", "", "if set, save sidecar CPU profiles (emit c=64, drain) and a heap profile (backlog held) here")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temp dir (sidecar storage, Caddyfile, log)")
+	fs.StringVar(&o.Skip, "skip", "", "comma-separated phases to leave out, for quick comparisons: live (emits c=1,16,64 while delivering), ingest (ingest alone, then delivery alone), latency, backlog")
 }
 
 // applyQuick shrinks everything not set explicitly to a seconds-long run.
@@ -264,14 +276,16 @@ func (h *harness) run(ctx context.Context) *results {
 	}
 	h.caddyCeiling(phases, res, client)
 	emitURL := h.car.Emit + "/emit/lead.created"
-	h.emitPhases(phases, res, client, emitURL)
-	if h.alive(res) && phases.Err() == nil {
+	if !h.opt.skips("live") {
+		h.emitPhases(phases, res, client, emitURL)
+	}
+	if h.alive(res) && phases.Err() == nil && !h.opt.skips("ingest") {
 		h.ingestPhase(phases, res, client, emitURL)
 	}
-	if h.alive(res) && phases.Err() == nil {
+	if h.alive(res) && phases.Err() == nil && !h.opt.skips("latency") {
 		h.latencyPhases(phases, res, client, emitURL)
 	}
-	if h.alive(res) && phases.Err() == nil && h.opt.Backlog > 0 {
+	if h.alive(res) && phases.Err() == nil && h.opt.Backlog > 0 && !h.opt.skips("backlog") {
 		h.backlogPhase(phases, res, client, emitURL)
 	}
 	if phases.Err() != nil {

@@ -136,6 +136,8 @@ func (h *harness) render(res *results) report {
 		status = "INCOMPLETE: the sidecar was not measured end to end (see errors)"
 	case !res.Ledger.Balanced():
 		status = "VOID: the ledger does not balance"
+	case h.opt.Skip != "":
+		status = "partial run (-skip " + h.opt.Skip + "): targets shown, not all measured"
 	case h.opt.Quick:
 		status = "smoke run (-quick): targets shown, not asserted"
 	default:
