@@ -29,6 +29,35 @@ type options struct {
 	PprofDir    string
 	Keep        bool
 	Skip        string
+	MemLimit    string
+}
+
+// defaultMemLimit is the GOMEMLIMIT Caddy gives itself in a container
+// whose memory limit is the RSS target: Caddy's main sets 90 % of the
+// cgroup limit (github.com/KimMachineGun/automemlimit).
+const defaultMemLimit = "230MiB"
+
+// memLimit is the GOMEMLIMIT for the sidecar, "" for none.
+func (o *options) memLimit() string {
+	if o.MemLimit == "off" {
+		return ""
+	}
+	return o.MemLimit
+}
+
+// validMemLimit reports whether s is "off" or a size GOMEMLIMIT accepts.
+func validMemLimit(s string) bool {
+	if s == "off" {
+		return true
+	}
+	num := strings.TrimRight(s, "BKMGTi")
+	switch s[len(num):] {
+	case "", "B", "KiB", "MiB", "GiB", "TiB":
+	default:
+		return false
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	return err == nil && n > 0
 }
 
 // skips reports whether phase was named in -skip.
@@ -74,6 +103,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.Out, "out", "", "results file (default <module>/bench/RESULTS.md)")
 	fs.StringVar(&o.PprofDir, "pprof", "", "if set, save sidecar CPU profiles (emit c=64, drain) and a heap profile (backlog held) here")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temp dir (sidecar storage, Caddyfile, log)")
+	fs.StringVar(&o.MemLimit, "memlimit", defaultMemLimit, "sidecar: GOMEMLIMIT (the Go runtime's soft memory limit); the default is what Caddy sets by itself in a container limited to 256 MiB (90 %); \"off\": none (Go's heap then grows to twice its live size before a collection)")
 	fs.StringVar(&o.Skip, "skip", "", "comma-separated phases to leave out, for quick comparisons: live (emits c=1,16,64 while delivering), ingest (ingest alone, then delivery alone), latency, backlog")
 }
 
@@ -253,7 +283,7 @@ func (h *harness) run(ctx context.Context) *results {
 	res.Commit = gitCommit(h.root)
 	h.logf("starting the sidecar %s", res.Binary)
 	h.car, err = startSidecar(ctx, res.Binary, h.tmp, sidecarConfig{
-		Workers: h.opt.Workers, InFlight: h.opt.InFlight, PauseAfter: h.opt.PauseAfter})
+		Workers: h.opt.Workers, InFlight: h.opt.InFlight, PauseAfter: h.opt.PauseAfter, MemLimit: h.opt.memLimit()})
 	if err != nil {
 		res.errorf("sidecar: %v", err)
 		return res

@@ -38,6 +38,10 @@ func run() int {
 	o.register(fs)
 	_ = fs.Parse(os.Args[1:])
 	o.applyQuick(fs)
+	if !validMemLimit(o.MemLimit) {
+		fmt.Fprintf(os.Stderr, "bench: -memlimit %q: want off or a size such as 230MiB (bytes, or with a B, KiB, MiB, GiB or TiB suffix)\n", o.MemLimit)
+		return 2
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -156,8 +156,15 @@ func (h *harness) render(res *results) report {
 		if h.opt.PauseAfter > 0 {
 			pause = fmt.Sprint(h.opt.PauseAfter)
 		}
-		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d, pause_after %s\n",
-			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight, pause)
+		memLimit := "none"
+		if l := h.opt.memLimit(); l != "" {
+			memLimit = l
+			if l == defaultMemLimit {
+				memLimit += " (what Caddy sets by itself in a container limited to 256 MiB)"
+			}
+		}
+		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d, pause_after %s; GOMEMLIMIT %s\n",
+			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight, pause, memLimit)
 	}
 	fmt.Fprintf(&md, "- status: **%s**\n\n", status)
 	md.WriteString(markdownTable(rows))
@@ -257,6 +264,10 @@ through the admin API).
 - Latency: open loop at a fixed rate; each event's latency runs from its
   *scheduled* send time to its first arrival at the subscriber (same machine
   clock), so a stalled harness or sidecar is counted, not hidden.
+- Memory: the sidecar runs with GOMEMLIMIT 230MiB (` + "`-memlimit`" + `), which is
+  what Caddy sets by itself (90 % of the limit) when it runs in a container
+  limited to 256 MiB; Go's collector then keeps the heap under it instead of
+  letting it grow to twice its live size. ` + "`-memlimit off`" + ` runs without.
 - Backlog: the subscription is paused, VmHWM reset (` + "`/proc/<pid>/clear_refs`" + `),
   the backlog emitted at c=128, memory sampled every 100 ms through fill,
   hold and drain; then activate, and the drain is timed until the subscriber

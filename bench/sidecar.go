@@ -112,7 +112,8 @@ type sidecarConfig struct {
 	AdminPort, EmitPort int
 	Storage             string
 	Workers, InFlight   int
-	PauseAfter          int // 0: not set
+	PauseAfter          int    // 0: not set
+	MemLimit            string // GOMEMLIMIT, "" for none
 }
 
 func (c sidecarConfig) caddyfile() string {
@@ -179,6 +180,9 @@ func startSidecar(ctx context.Context, bin, dir string, cfg sidecarConfig) (*sid
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
 	// Extra environment for the sidecar only (e.g. GOGC=200), to try
 	// runtime settings without affecting the harness.
+	if cfg.MemLimit != "" {
+		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+cfg.MemLimit)
+	}
 	cmd.Env = append(cmd.Env, strings.Fields(os.Getenv("BENCH_SIDECAR_ENV"))...)
 	cmd.Dir = dir
 	// Never outlive the harness, even if it panics.

@@ -188,3 +188,14 @@ func newLoopbackServer(t *testing.T, s *fastSubscriber) string {
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
+
+func TestValidMemLimit(t *testing.T) {
+	for s, want := range map[string]bool{
+		"off": true, "230MiB": true, "1GiB": true, "1048576": true, "512B": true,
+		"": false, "0MiB": false, "230MB": false, "230 MiB": false, "MiB": false, "-1": false, "1.5GiB": false,
+	} {
+		if got := validMemLimit(s); got != want {
+			t.Errorf("validMemLimit(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
