@@ -78,11 +78,13 @@ const (
 	targetEmitRatio     = 0.6
 	targetDeliveryRatio = 0.4
 	targetP99           = 20 * time.Millisecond
-	targetRSS           = 256 << 20
-	targetBacklog       = 1_000_000
-	latencyRate         = 1000
-	backlogConcurrency  = 128
-	openLoopWorkers     = 512
+	// burstGap: slow events scheduled closer than this together count as one stall.
+	burstGap           = 50 * time.Millisecond
+	targetRSS          = 256 << 20
+	targetBacklog      = 1_000_000
+	latencyRate        = 1000
+	backlogConcurrency = 128
+	openLoopWorkers    = 512
 	// quickPhaseBudget bounds the sidecar phases of -quick, and
 	// quickSettleBudget the ledger after them, so the smoke run stays under
 	// a minute whatever the sidecar does.
@@ -199,6 +201,7 @@ type latencyResult struct {
 	Ack       latencySummary // scheduled send → 2xx from the emit endpoint
 	Failures  string
 	Steal     float64 // share of CPU time the hypervisor took during the phase (-1 unknown)
+	Bursts    string  // how the events slower than the target were spread in time
 }
 
 func (r *results) errorf(format string, args ...any) {
@@ -547,16 +550,20 @@ func (h *harness) latencyPhases(ctx context.Context, res *results, client *http.
 			continue
 		}
 		var deliv, ack []time.Duration
+		var timeline []slowSample
+		start := o.Scheduled(o.Base).UnixNano()
 		for i, at := range arr {
 			seq := o.Base + int64(i)
 			sched := o.Scheduled(seq).UnixNano()
 			if at > 0 {
 				deliv = append(deliv, time.Duration(at-sched))
+				timeline = append(timeline, slowSample{At: time.Duration(sched - start), Latency: time.Duration(at - sched)})
 			}
 			if a := h.acked.Get(seq); a > 0 {
 				ack = append(ack, time.Duration(a-sched))
 			}
 		}
+		lr.Bursts = describeBursts(bursts(timeline, targetP99, burstGap), targetP99)
 		lr.Delivered = len(deliv)
 		lr.Delivery = summarize(deliv)
 		lr.Ack = summarize(ack)

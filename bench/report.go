@@ -136,6 +136,8 @@ func (h *harness) render(res *results) report {
 		status = "INCOMPLETE: the sidecar was not measured end to end (see errors)"
 	case !res.Ledger.Balanced():
 		status = "VOID: the ledger does not balance"
+	case h.opt.PprofDir != "":
+		status = "profiled run (-pprof): the CPU profiles and execution traces taken during the ingest, delivery and 1k/s phases slow the sidecar (a trace adds stalls of tens of ms); targets shown, figures not representative"
 	case h.opt.Skip != "":
 		status = "partial run (-skip " + h.opt.Skip + "): targets shown, not all measured"
 	case h.opt.Quick:
@@ -176,8 +178,8 @@ func (h *harness) render(res *results) report {
 		if l.Steal >= 0 {
 			steal = fmt.Sprintf("%.1f %%", 100*l.Steal)
 		}
-		fmt.Fprintf(&md, "\nOpen loop @%s: %d scheduled, %d answered 2xx, %d delivered, %d left the harness >1 ms late; CPU time taken by the hypervisor (steal) meanwhile: %s.\n",
-			l.Label, l.Sent, l.OK, l.Delivered, l.Late, steal)
+		fmt.Fprintf(&md, "\nOpen loop @%s: %d scheduled, %d answered 2xx, %d delivered, %d left the harness >1 ms late; CPU time taken by the hypervisor (steal) meanwhile: %s. Delivered late: %s.\n",
+			l.Label, l.Sent, l.OK, l.Delivered, l.Late, steal, l.Bursts)
 	}
 	if len(res.CPU) > 0 {
 		md.WriteString("\nCPU per operation (user + system time of each process over the phase, divided by its 2xx answers or deliveries):\n\n")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -216,4 +217,62 @@ func dash(s string) string {
 		return "—"
 	}
 	return s
+}
+
+// slowSample is one event of an open-loop phase: when it was scheduled
+// (from the start of the phase) and its latency.
+type slowSample struct {
+	At, Latency time.Duration
+}
+
+// burst is a run of slow events whose scheduled times lie close together:
+// most likely one stall of the sidecar (or the machine) that held them all.
+type burst struct {
+	At, Span, Worst time.Duration
+	N               int
+}
+
+// bursts groups the samples slower than over into runs whose scheduled
+// times are at most gap apart; samples must be in scheduled order. The
+// runs come back longest-worst first.
+func bursts(samples []slowSample, over, gap time.Duration) []burst {
+	var out []burst
+	var cur *burst
+	var last time.Duration
+	for _, s := range samples {
+		if s.Latency <= over {
+			continue
+		}
+		if cur == nil || s.At-last > gap {
+			out = append(out, burst{At: s.At})
+			cur = &out[len(out)-1]
+		}
+		cur.N++
+		cur.Span = s.At - cur.At
+		cur.Worst = max(cur.Worst, s.Latency)
+		last = s.At
+	}
+	slices.SortStableFunc(out, func(a, b burst) int { return cmp.Compare(b.Worst, a.Worst) })
+	return out
+}
+
+// describeBursts says how the slow events of a phase were spread, e.g.
+// "37 events over 20 ms in 2 bursts; worst: at 4.21 s, 31 events in 96 ms, up to 116 ms".
+func describeBursts(bs []burst, over time.Duration) string {
+	if len(bs) == 0 {
+		return fmt.Sprintf("no event over %s", ms(over))
+	}
+	n := 0
+	for _, b := range bs {
+		n += b.N
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d events over %s in %d burst(s); worst: ", n, ms(over), len(bs))
+	for i, b := range bs[:min(len(bs), 3)] {
+		if i > 0 {
+			sb.WriteString("; ")
+		}
+		fmt.Fprintf(&sb, "at %.2f s, %d events scheduled within %s, up to %s", b.At.Seconds(), b.N, ms(b.Span), ms(b.Worst))
+	}
+	return sb.String()
 }

@@ -199,3 +199,29 @@ func TestValidMemLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestBursts(t *testing.T) {
+	ms := time.Millisecond
+	samples := []slowSample{
+		{0, 2 * ms}, {1 * ms, 30 * ms}, {2 * ms, 29 * ms}, {3 * ms, 2 * ms}, {4 * ms, 25 * ms}, // one burst of 3
+		{500 * ms, 90 * ms}, // a lone stall, worse
+		{900 * ms, 3 * ms},
+	}
+	bs := bursts(samples, 20*ms, 50*ms)
+	if len(bs) != 2 {
+		t.Fatalf("bursts = %+v, want 2", bs)
+	}
+	if bs[0] != (burst{At: 500 * ms, Worst: 90 * ms, N: 1}) {
+		t.Errorf("worst burst = %+v", bs[0])
+	}
+	if bs[1] != (burst{At: 1 * ms, Span: 3 * ms, Worst: 30 * ms, N: 3}) {
+		t.Errorf("second burst = %+v", bs[1])
+	}
+	got := describeBursts(bs, 20*ms)
+	if !strings.HasPrefix(got, "4 events over 20.00 ms in 2 burst(s); worst: at 0.50 s, 1 events") {
+		t.Errorf("describeBursts = %q", got)
+	}
+	if got := describeBursts(nil, 20*ms); got != "no event over 20.00 ms" {
+		t.Errorf("describeBursts(nil) = %q", got)
+	}
+}
