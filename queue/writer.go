@@ -353,10 +353,14 @@ func (s *store) writer() {
 const maxLinger = 500 * time.Microsecond
 
 // A batch of outcomes only is committed when outcomeBatch of them are
-// there, or after outcomeLinger.
+// there, or after outcomeLinger. Nothing waits for an outcome's commit (the
+// breaker has counted it, the attempt's slot is free); only its lease lasts
+// until then. Each commit costs two syncs (value log, WAL): at 4 ms a drain
+// at ~20k/s commits ~250 times a second instead of ~1000, which gave 8 %
+// more deliveries/s on 2 cores (bench, delivery alone: 18.4k -> 20.0k/s).
 const (
-	outcomeBatch  = 64
-	outcomeLinger = time.Millisecond
+	outcomeBatch  = 256
+	outcomeLinger = 4 * time.Millisecond
 )
 
 func isOutcome(o op) bool {
