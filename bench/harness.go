@@ -76,6 +76,7 @@ var concurrencies = []int{1, 16, 64}
 
 const (
 	targetEmitRatio     = 0.6
+	targetEmitRate      = 25000.0 // emits/s, beside the ratio
 	targetDeliveryRatio = 0.4
 	targetP99           = 20 * time.Millisecond
 	// burstGap: slow events scheduled closer than this together count as one stall.

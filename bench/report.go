@@ -38,7 +38,8 @@ func (h *harness) rows(res *results) []row {
 	if res.Ingest.OK > 0 {
 		rows = append(rows, row{Figure: fmt.Sprintf("durable emits/s c=%d, deliveries held (ingest alone)", top), Value: perSec(res.Ingest.Rate()),
 			Ceiling: perSec(ceil), Ratio: ratio(res.Ingest.Rate(), ceil),
-			Target: fmt.Sprintf("≥ %.1f×", targetEmitRatio), Result: verdict(res.Ingest.Rate() >= targetEmitRatio*ceil)})
+			Target: fmt.Sprintf("≥ %.1f× and ≥ %.0f/s", targetEmitRatio, targetEmitRate),
+			Result: verdict(res.Ingest.Rate() >= targetEmitRatio*ceil && res.Ingest.Rate() >= targetEmitRate)})
 		if res.CaddyCeiling > 0 {
 			rows = append(rows, row{Figure: fmt.Sprintf("durable emits/s c=%d ingest alone, vs Caddy's static respond", top), Value: perSec(res.Ingest.Rate()),
 				Ceiling: perSec(res.CaddyCeiling), Ratio: ratio(res.Ingest.Rate(), res.CaddyCeiling)})
@@ -261,8 +262,8 @@ through the admin API).
   subscription live, every event costs two HTTP exchanges (emit and
   delivery) on the same two cores as the harness and the subscriber, while
   the ceiling is one exchange; the live figures are listed without a
-  target. The absolute 25k/s the issue names beside 0.6× is not checked: it
-  is above the bare POST ceiling of this machine.
+  target. The emit target is both 0.6× and the absolute 25k/s the issue
+  names beside it.
 - Latency: open loop at a fixed rate; each event's latency runs from its
   *scheduled* send time to its first arrival at the subscriber (same machine
   clock), so a stalled harness or sidecar is counted, not hidden.
