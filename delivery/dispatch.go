@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -122,6 +124,51 @@ func (e *Engine) dispatch() {
 	e.noteDue(earliest)
 }
 
+// continueWith lets a worker that just finished an attempt of subID start
+// the subscription's next ready job itself, keeping its worker slot and
+// the subscription's slot, instead of handing both back to the scheduler
+// and waiting for it to hand them out again (two goroutine switches per
+// attempt, which dominate the turnaround of a subscription held to
+// pause_after attempts in flight). It does so only when the scheduler
+// would do the same: the subscription is not paused and admitted by its
+// breaker, its attempts in flight are within max_in_flight, and other
+// workers are idle (so no other subscription waits for this one). It
+// gives up, and the worker returns its slot the usual way, whenever a
+// dispatch pass runs meanwhile or the engine is stopping.
+func (e *Engine) continueWith(subID string) (task, bool) {
+	if !e.passMu.TryLock() {
+		return task{}, false
+	}
+	defer e.passMu.Unlock()
+	ready := e.ready[subID]
+	if len(ready) == 0 {
+		return task{}, false
+	}
+	subs := e.store.SharedSubscriptions()
+	i, found := slices.BinarySearchFunc(subs, subID, func(s queue.Subscription, id string) int { return strings.Compare(s.ID, id) })
+	if !found || e.breakers.Paused(subID) {
+		return task{}, false
+	}
+	rt := e.rt.Load()
+	e.mu.Lock()
+	// busy and inflight still count the attempt that just ended.
+	ok := !e.stopped && e.busy < rt.cfg.Workers && e.inflight[subID] <= rt.cfg.MaxInFlight
+	e.mu.Unlock()
+	if !ok {
+		return task{}, false
+	}
+	ticket, ok := e.breakers.Start(subID)
+	if !ok {
+		return task{}, false
+	}
+	job := ready[0]
+	e.setReadyLocked(subID, ready[1:])
+	if len(ready)-1 < rt.cfg.MaxInFlight {
+		e.Kick() // the scheduler refills the ready jobs
+	}
+	return task{job: job, sub: subs[i], ticket: ticket}, true
+}
+
 // setReadyLocked stores a subscription's ready jobs. Caller holds passMu.
 func (e *Engine) setReadyLocked(subID string, ready []queue.Job) {
 	if len(ready) == 0 {
@@ -180,7 +227,14 @@ func (e *Engine) worker() {
 	for {
 		select {
 		case t := <-e.work:
-			e.deliver(t)
+			for {
+				e.deliver(t)
+				next, ok := e.continueWith(t.sub.ID)
+				if !ok {
+					break
+				}
+				t = next
+			}
 			e.finished(t.sub.ID)
 		case <-e.stopping:
 			return

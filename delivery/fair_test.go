@@ -3,6 +3,8 @@ package delivery_test
 import (
 	"context"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,4 +100,59 @@ func BenchmarkDeliverBacklog(b *testing.B) {
 	}
 	s.waitRequests(b, b.N)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// With every worker busy, a worker that finishes an attempt of one
+// subscription does not go on with that subscription's next job while
+// another subscription's jobs wait: the scheduler's round-robin decides.
+// One worker, held by a third subscription until both backlogs are due;
+// then the two share it from the first deliveries on.
+func TestBusyWorkersRotateSubscriptions(t *testing.T) {
+	cfg := delivery.Config{Workers: 1, MaxInFlight: 4, PauseAfter: 100, Timeout: 30 * time.Second}
+	h := newHarness(t, cfg, func(o *delivery.Options) {
+		o.Clock = policy.SystemClock{}
+		o.Hooks = delivery.Hooks{}
+	})
+	var mu sync.Mutex
+	var order []string
+	record := func(name string) func(http.ResponseWriter, *http.Request, int) {
+		return func(http.ResponseWriter, *http.Request, int) {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}
+	}
+	open := make(chan struct{})
+	gate := newSubscriber(t, func(http.ResponseWriter, *http.Request, int) { <-open })
+	a := newSubscriber(t, record("a"))
+	b := newSubscriber(t, record("b"))
+	h.subscribe("sub_gate", gate.url(), func(s *queue.Subscription) { s.Events = []string{"gate"} })
+	h.subscribe("sub_a", a.url(), func(s *queue.Subscription) { s.Events = []string{"a"} })
+	h.subscribe("sub_b", b.url(), func(s *queue.Subscription) { s.Events = []string{"b"} })
+	ctx := context.Background()
+	for _, id := range []string{"sub_a", "sub_b"} {
+		if _, err := h.eng.Pause(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 30
+	h.emitMany("a", n)
+	h.emitMany("b", n)
+	h.emitMany("gate", 1)
+	gate.waitRequests(t, 1) // the only worker is busy
+	for _, id := range []string{"sub_a", "sub_b"} {
+		if _, err := h.eng.Activate(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(open)
+	a.waitRequests(t, n)
+	b.waitRequests(t, n)
+	h.close()
+	mu.Lock()
+	defer mu.Unlock()
+	first := order[:8]
+	if as := strings.Count(strings.Join(first, ""), "a"); as < 2 || as > 6 {
+		t.Fatalf("one worker, two backlogs: the first 8 deliveries went %v (all: %v); want both subscriptions served", first, order)
+	}
 }
