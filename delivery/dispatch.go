@@ -101,6 +101,7 @@ func (e *Engine) dispatch() {
 				earliest = next
 			}
 			ready = append(ready, jobs...)
+			e.prefetchJobs(jobs)
 		}
 		for n > 0 && len(ready) > 0 {
 			ticket, ok := e.breakers.Start(sub.ID)
@@ -122,6 +123,38 @@ func (e *Engine) dispatch() {
 		e.setReadyLocked(sub.ID, ready)
 	}
 	e.noteDue(earliest)
+}
+
+// prefetchJobs asks the prefetcher to read the events of jobs just taken
+// ahead into the store's event cache; when it is behind, they are left to
+// the attempts.
+func (e *Engine) prefetchJobs(jobs []queue.Job) {
+	if len(jobs) == 0 {
+		return
+	}
+	ids := make([]string, len(jobs))
+	for i, j := range jobs {
+		ids[i] = j.EventID
+	}
+	select {
+	case e.prefetch <- ids:
+	default:
+	}
+}
+
+// prefetcher reads events of jobs taken ahead (a backlog's events are not
+// in the cache; a read through Badger's levels would otherwise be part of
+// each attempt, while the subscription's slot is held).
+func (e *Engine) prefetcher() {
+	defer e.wg.Done()
+	for {
+		select {
+		case ids := <-e.prefetch:
+			e.store.Preload(ids)
+		case <-e.stopping:
+			return
+		}
+	}
 }
 
 // continueWith lets a worker that just finished an attempt of subID start

@@ -146,6 +146,7 @@ type Engine struct {
 	timerGen uint64
 
 	wake     chan struct{} // capacity 1
+	prefetch chan []string // event ids of jobs taken ahead, for prefetcher
 	work     chan task
 	stopping chan struct{} // closed by Stop: take nothing more
 	runCtx   context.Context
@@ -195,6 +196,7 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		known:    make(map[string]bool),
 		ready:    make(map[string][]queue.Job),
 		wake:     make(chan struct{}, 1),
+		prefetch: make(chan []string, 64),
 		work:     make(chan task),
 		stopping: make(chan struct{}),
 		runCtx:   runCtx,
@@ -225,8 +227,9 @@ func (e *Engine) Start() {
 	}
 	e.started = true
 	e.growPoolLocked(e.rt.Load().cfg.Workers)
-	e.wg.Add(1)
+	e.wg.Add(2)
 	go e.schedule()
+	go e.prefetcher()
 }
 
 // growPoolLocked starts workers up to n. The pool never shrinks: a smaller

@@ -249,3 +249,31 @@ func TestSharedSubscriptionsFollowChanges(t *testing.T) {
 		t.Fatalf("after pause and delete: %s", got)
 	}
 }
+
+// Preload brings events that are not cached (here: after a restart) into
+// memory, the same as on disk; unknown ids are passed over.
+func TestPreloadFillsTheCache(t *testing.T) {
+	clock := newClock()
+	dir := t.TempDir()
+	s := openAt(t, dir, clock)
+	mustSub(t, s, "a")
+	ids := enqueueMany(t, s, "evt_pre", 5, nil, "a")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openAt(t, dir, clock)
+	defer s.Close()
+	if n := s.impl.events.len(); n != 0 {
+		t.Fatalf("cached events after a restart: %d", n)
+	}
+	s.Preload(append([]string{"evt_nosuch"}, ids[:3]...))
+	if n := s.impl.events.len(); n != 3 {
+		t.Fatalf("cached events after preloading 3: %d, want 3", n)
+	}
+	for i, id := range ids[:3] {
+		ev, ok := s.impl.events.get(id)
+		if !ok || ev.ID != id || !bytes.Equal(ev.Data, payload(i)) {
+			t.Fatalf("preloaded %s: %+v (cached %v)", id, ev, ok)
+		}
+	}
+}

@@ -287,6 +287,24 @@ func (s *Store) Event(id string) (Event, error) {
 	return rec.Event, err
 }
 
+// Preload reads into the event cache the events of ids it does not hold,
+// so that attempts of deliveries taken ahead find them in memory. It is for
+// the dispatcher's prefetcher, off the attempts' path; errors are left for
+// the attempt's own Event call to meet.
+func (s *Store) Preload(ids []string) {
+	for _, id := range ids {
+		if _, ok := s.impl.events.get(id); ok {
+			continue
+		}
+		rec, err := s.impl.event(id, true)
+		if err != nil {
+			continue
+		}
+		ev := rec.Event
+		s.impl.events.put(&ev)
+	}
+}
+
 // Notify returns a channel that receives (non-blocking, capacity 1) after
 // every commit that made a delivery of any subscription due now (enqueue,
 // release, redeliver, a reschedule into the past, a job given back). The
