@@ -166,6 +166,9 @@ func (h *harness) render(res *results) report {
 				memLimit += " (what Caddy sets by itself in a container limited to 256 MiB)"
 			}
 		}
+		if extra := strings.TrimSpace(os.Getenv("BENCH_SIDECAR_ENV")); extra != "" {
+			memLimit += "; extra environment (BENCH_SIDECAR_ENV, overrides the above): " + extra
+		}
 		fmt.Fprintf(&md, "- sidecar: `%s` built from commit %s; workers %d, max_in_flight %d, pause_after %s; GOMEMLIMIT %s\n",
 			relTo(h.root, res.Binary), res.Commit, h.opt.Workers, h.opt.InFlight, pause, memLimit)
 	}

@@ -178,11 +178,12 @@ func startSidecar(ctx context.Context, bin, dir string, cfg sidecarConfig) (*sid
 	// Caddy's own data and config dirs go into the temp dir too.
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	// Extra environment for the sidecar only (e.g. GOGC=200), to try
-	// runtime settings without affecting the harness.
 	if cfg.MemLimit != "" {
 		cmd.Env = append(cmd.Env, "GOMEMLIMIT="+cfg.MemLimit)
 	}
+	// Extra environment for the sidecar only (e.g. GOGC=200), to try
+	// runtime settings without affecting the harness; it comes last, so
+	// it wins (the report names it).
 	cmd.Env = append(cmd.Env, strings.Fields(os.Getenv("BENCH_SIDECAR_ENV"))...)
 	cmd.Dir = dir
 	// Never outlive the harness, even if it panics.

@@ -163,8 +163,8 @@ func (e *Engine) prefetcher() {
 // and waiting for it to hand them out again (two goroutine switches per
 // attempt, which dominate the turnaround of a subscription held to
 // pause_after attempts in flight). It does so only when the scheduler
-// would do the same: the subscription is not paused and admitted by its
-// breaker, its attempts in flight are within max_in_flight, and other
+// would do the same: its breaker admits the attempt (it refuses while the
+// subscription is paused), its attempts in flight are within max_in_flight, and other
 // workers are idle (so no other subscription waits for this one). It
 // gives up, and the worker returns its slot the usual way, whenever a
 // dispatch pass runs meanwhile or the engine is stopping.
@@ -179,7 +179,7 @@ func (e *Engine) continueWith(subID string) (task, bool) {
 	}
 	subs := e.store.SharedSubscriptions()
 	i, found := slices.BinarySearchFunc(subs, subID, func(s queue.Subscription, id string) int { return strings.Compare(s.ID, id) })
-	if !found || e.breakers.Paused(subID) {
+	if !found {
 		return task{}, false
 	}
 	rt := e.rt.Load()

@@ -290,7 +290,9 @@ func (s *Store) Event(id string) (Event, error) {
 // Preload reads into the event cache the events of ids it does not hold,
 // so that attempts of deliveries taken ahead find them in memory. It is for
 // the dispatcher's prefetcher, off the attempts' path; errors are left for
-// the attempt's own Event call to meet.
+// the attempt's own Event call to meet. A prefetch that lands after the
+// event's last outcome leaves an entry no attempt asks for; it holds the
+// same immutable data and leaves, oldest first, within the cache's bound.
 func (s *Store) Preload(ids []string) {
 	for _, id := range ids {
 		if _, ok := s.impl.events.get(id); ok {
