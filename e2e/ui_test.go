@@ -260,8 +260,20 @@ func TestManageWebhooksPage(t *testing.T) {
 	if r := admin.Get(t, "/webhooks/subscriptions/"+dead.ID); r.Status != http.StatusOK {
 		t.Fatalf("after Cancel the subscription is gone: %s", r)
 	}
-	b.do("Unsubscribe, then confirm",
+	// Cancel and Unsubscribe again at once, as a quick user might: the
+	// first dialog's close event can arrive after the second one opened
+	// (Chromium fires it with a later frame, late on a busy machine). It
+	// answers the first question only; the second waits for its own click.
+	b.do("Unsubscribe again",
 		chromedp.Click(uiSel("btn-unsubscribe-"+dead.ID)),
+		chromedp.WaitVisible(uiSel("confirm-no")),
+	)
+	b.eval("Cancel and Unsubscribe again in one go", `(() => {
+		document.querySelector('[data-testid="confirm-no"]').click();
+		document.querySelector('[data-testid="btn-unsubscribe-`+dead.ID+`"]').click();
+		return document.querySelector('[data-testid="confirm-dialog"]').open;
+	})()`)
+	b.do("confirm",
 		chromedp.WaitVisible(uiSel("confirm-yes")),
 		chromedp.Click(uiSel("confirm-yes")),
 	)
@@ -542,7 +554,9 @@ func (b *uiBrowser) diagnose() string {
 	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(() => {
 		const banner = document.querySelector('[data-testid="error-banner"]');
 		const rows = [...document.querySelectorAll('#subscriptions-body tr')].map(r => r.innerText.replace(/\s+/g, ' ').trim());
+		const dialog = document.querySelector('[data-testid="confirm-dialog"]');
 		return 'location: ' + location.href + '\nerror banner: ' + (banner && !banner.hidden ? banner.innerText : '(none)') +
+			'\nconfirm dialog: ' + (dialog && dialog.open ? 'open: ' + dialog.innerText.replace(/\s+/g, ' ') : 'closed') +
 			'\nrows:\n  ' + rows.join('\n  ');
 	})()`))
 	if err != nil {

@@ -325,14 +325,33 @@
 
   // ---- actions on a subscription -----------------------------------------
 
+  // confirmDialog asks text in the modal dialog and resolves to whether the
+  // user confirmed. The dialog's close event comes after the closing (in
+  // Chromium with a later frame), so it can arrive when the dialog is already
+  // open again for a new question: one resolver at a time, and a close event
+  // seen while the dialog is open is a late one that answers nothing.
+  let answerConfirm = null;
+
+  function onConfirmClose() {
+    const d = $('confirm');
+    if (d.open || !answerConfirm) return;
+    const answer = answerConfirm;
+    answerConfirm = null;
+    answer(d.returnValue === 'yes');
+  }
+
   function confirmDialog(text) {
     const d = $('confirm');
+    if (answerConfirm) {
+      // A question whose answer never came (its close event is still on
+      // its way): the new one replaces it, as a Cancel.
+      answerConfirm(false);
+      answerConfirm = null;
+    }
     $('confirm-text').textContent = text;
     d.returnValue = '';
     d.showModal();
-    return new Promise((resolve) => {
-      d.addEventListener('close', () => resolve(d.returnValue === 'yes'), { once: true });
-    });
+    return new Promise((resolve) => { answerConfirm = resolve; });
   }
 
   async function runAction(id, label, fn) {
@@ -576,6 +595,7 @@
     });
     $('failure-filter').addEventListener('change', (ev) => setFilter(ev.target.value));
     $('failure-more').addEventListener('click', loadOlder);
+    $('confirm').addEventListener('close', onConfirmClose);
     showTab(location.hash.slice(1));
     refresh();
     autoRefresh();
