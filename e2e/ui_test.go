@@ -18,6 +18,7 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 )
 
@@ -115,8 +116,30 @@ func TestManageWebhooksPage(t *testing.T) {
 	b.wait("the dead subscription paused too", uiTextIs("sub-state-"+dead.ID, "paused"))
 
 	// Test: the result inline; it changes neither the count nor the state.
+	// The press is held across refreshes that bring a change to the row: the
+	// page redraws only after the release, so the button under the pointer
+	// is still the one pressed and the click is not lost.
 	before := hook.Count()
-	b.do("click Test", chromedp.Click(uiSel("btn-test-"+id)))
+	admin.Patch(t, "/webhooks/subscriptions/"+id, map[string]any{"description": "CRM (renamed while pressed)"})
+	at, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]float64](`(() => {
+		const e = document.querySelector('[data-testid="btn-test-`+id+`"]');
+		e.scrollIntoView({ block: 'center' });
+		e.pressedInTest = true;
+		const r = e.getBoundingClientRect();
+		return [r.x + r.width / 2, r.y + r.height / 2];
+	})()`))
+	if err != nil || len(at) != 2 {
+		t.Fatalf("locate the Test button: %v %v", at, err)
+	}
+	b.do("press Test", chromedp.MouseEvent(chromedp.MousePressed, at[0], at[1], chromedp.ButtonLeft, uiClickCount))
+	for i := 0; i < 2; i++ { // the second refresh began after the change
+		shown := b.text("last-refresh")
+		b.wait("a refresh while pressed", `(document.querySelector('[data-testid="last-refresh"]').textContent.trim()) !== `+strconv.Quote(shown))
+	}
+	if !b.poll(`document.querySelector('[data-testid="btn-test-`+id+`"]').pressedInTest === true`, time.Second) {
+		t.Error("a refresh redrew the row while its Test button was pressed")
+	}
+	b.do("release Test", chromedp.MouseEvent(chromedp.MouseReleased, at[0], at[1], chromedp.ButtonLeft, uiClickCount))
 	b.wait("the test result", `!!document.querySelector('[data-testid="test-status-`+id+`"]')`)
 	if s := b.text("test-status-" + id); s != "HTTP 500" {
 		t.Errorf("test result status %q, want HTTP 500", s)
@@ -141,6 +164,7 @@ func TestManageWebhooksPage(t *testing.T) {
 	if s := admin.Subscription(t, id); s.State != "paused" || s.ConsecutiveFailures != 10 {
 		t.Errorf("after Test: state %s with %d failures, want still paused with 10", s.State, s.ConsecutiveFailures)
 	}
+	b.wait("the new description after the release", `document.querySelector('[data-testid="sub-row-`+id+`"] .desc')?.textContent === 'CRM (renamed while pressed)'`)
 	b.screenshot(shots, "manage-webhooks.png")
 
 	// The Failure Log, newest first, in local time (the browser is put in
@@ -286,6 +310,9 @@ func TestManageWebhooksPage(t *testing.T) {
 	}
 	b.checkConsole()
 }
+
+// uiClickCount makes a pressed or released mouse event part of one click.
+func uiClickCount(p *input.DispatchMouseEventParams) { p.ClickCount = 1 }
 
 // uiBrowserCaddyfile is cfg's Caddyfile with the admin origins a browser
 // needs. Caddy's admin endpoint checks requests that carry Sec-Fetch-Mode

@@ -24,6 +24,7 @@
     failuresKey: '',
     errorFrom: '', // 'refresh' errors clear themselves on the next good refresh
     refreshing: null,
+    pressedAt: 0, // performance.now() of a press not yet released, else 0
   };
 
   const $ = (id) => document.getElementById(id);
@@ -522,9 +523,11 @@
     for (const id of state.tests.keys()) {
       if (!state.subs.some((s) => s.id === id)) state.tests.delete(id);
     }
-    // Redraw only what changed, so a refresh does not disturb the user.
+    // Redraw only what changed, so a refresh does not disturb the user; and
+    // not between a press and its release, or the click would be lost (its
+    // button replaced under the pointer): the next refresh redraws.
     const subsKey = JSON.stringify(state.subs);
-    if (subsKey !== state.subsKey) {
+    if (subsKey !== state.subsKey && !pressing()) {
       state.subsKey = subsKey;
       renderSubs();
     }
@@ -533,6 +536,12 @@
       state.failuresKey = failuresKey;
       renderFailures();
     }
+  }
+
+  // pressing reports a press not yet released; one held for 10 s (or whose
+  // release went elsewhere) no longer holds redraws back.
+  function pressing() {
+    return state.pressedAt > 0 && performance.now() - state.pressedAt < 10000;
   }
 
   function refresh() {
@@ -596,6 +605,11 @@
     $('failure-filter').addEventListener('change', (ev) => setFilter(ev.target.value));
     $('failure-more').addEventListener('click', loadOlder);
     $('confirm').addEventListener('close', onConfirmClose);
+    document.addEventListener('pointerdown', () => { state.pressedAt = performance.now(); }, true);
+    for (const type of ['pointerup', 'pointercancel']) {
+      document.addEventListener(type, () => { state.pressedAt = 0; }, true);
+    }
+    window.addEventListener('blur', () => { state.pressedAt = 0; });
     showTab(location.hash.slice(1));
     refresh();
     autoRefresh();
