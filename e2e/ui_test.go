@@ -120,6 +120,8 @@ func TestManageWebhooksPage(t *testing.T) {
 	// page redraws only after the release, so the button under the pointer
 	// is still the one pressed and the click is not lost.
 	before := hook.Count()
+	shown := b.text("last-refresh")
+	b.wait("a refresh", uiRefreshedSince(shown)) // the next one starts 3 s later, after the change
 	admin.Patch(t, "/webhooks/subscriptions/"+id, map[string]any{"description": "CRM (renamed while pressed)"})
 	at, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]float64](`(() => {
 		const e = document.querySelector('[data-testid="btn-test-`+id+`"]');
@@ -132,10 +134,8 @@ func TestManageWebhooksPage(t *testing.T) {
 		t.Fatalf("locate the Test button: %v %v", at, err)
 	}
 	b.do("press Test", chromedp.MouseEvent(chromedp.MousePressed, at[0], at[1], chromedp.ButtonLeft, uiClickCount))
-	for i := 0; i < 2; i++ { // the second refresh began after the change
-		shown := b.text("last-refresh")
-		b.wait("a refresh while pressed", `(document.querySelector('[data-testid="last-refresh"]').textContent.trim()) !== `+strconv.Quote(shown))
-	}
+	shown = b.text("last-refresh")
+	b.wait("a refresh while pressed", uiRefreshedSince(shown))
 	if !b.poll(`document.querySelector('[data-testid="btn-test-`+id+`"]').pressedInTest === true`, time.Second) {
 		t.Error("a refresh redrew the row while its Test button was pressed")
 	}
@@ -309,6 +309,12 @@ func TestManageWebhooksPage(t *testing.T) {
 		t.Errorf("error banner at the end: %q", b.text("error-banner"))
 	}
 	b.checkConsole()
+}
+
+// uiRefreshedSince is a predicate: the page's "Updated <time>" line is no
+// longer shown (it changes with every completed refresh, 3 s apart).
+func uiRefreshedSince(shown string) string {
+	return `document.querySelector('[data-testid="last-refresh"]').textContent.trim() !== ` + strconv.Quote(shown)
 }
 
 // uiClickCount makes a pressed or released mouse event part of one click.
