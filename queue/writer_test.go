@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -91,4 +92,43 @@ func TestWriterBatchKeepsOpsAtomic(t *testing.T) {
 	if s.Pending("a") != 4 {
 		t.Fatalf("pending = %d, want 4", s.Pending("a"))
 	}
+}
+
+// Outcomes that trickle in, closer together than the gathering wait, are
+// still committed soon: the wait counts from the batch's start, not from
+// each arrival. (Before, the first commit came only with a full batch of
+// outcomeBatch, about a second's worth at a slow drain: that much more to
+// redeliver after a crash, and leases and counts that long behind.)
+func TestTrickleOfOutcomesCommitsWithoutAFullBatch(t *testing.T) {
+	s := openTest(t, nil)
+	mustSub(t, s, "a")
+	enqueueMany(t, s, "evt_t", outcomeBatch+10, nil, "a")
+	jobs, _, err := s.Take("a", outcomeBatch+10, time.Now().Add(time.Hour))
+	if err != nil || len(jobs) != outcomeBatch+10 {
+		t.Fatalf("take: %d jobs, %v", len(jobs), err)
+	}
+	committed := make(chan error, 1)
+	tick := time.NewTicker(time.Millisecond) // a trickle: one outcome per tick
+	defer tick.Stop()
+	for i, j := range jobs {
+		var done func(error)
+		if i == 0 {
+			done = func(err error) { committed <- err }
+		}
+		s.Complete(j, Attempt{Attempt: 1, Time: time.Now(), Success: true}, SubUpdate{}, done)
+		select {
+		case err := <-committed:
+			if err != nil {
+				t.Fatal(err)
+			}
+			// maxGather is about ten ticks; half a full batch is a wide
+			// margin for a slow machine.
+			if i+1 >= outcomeBatch/2 {
+				t.Fatalf("the first outcome committed after %d outcomes were queued, want well under %d", i+1, outcomeBatch)
+			}
+			return
+		case <-tick.C:
+		}
+	}
+	t.Fatalf("the first outcome was not committed while %d outcomes trickled in", len(jobs))
 }
