@@ -165,6 +165,7 @@ func open(opts Options) (*store, error) {
 	for id, st := range s.states {
 		if _, ok := s.subs[id]; !ok && st.live.Load() > 0 {
 			if _, err := s.dropLive(context.Background(), id); err != nil {
+				close(s.gcDone) // the janitor has not started: close must not wait for it
 				s.close()
 				return nil, fmt.Errorf("open queue in %s: finish deleting %s: %w", opts.Dir, id, err)
 			}
