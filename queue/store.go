@@ -293,7 +293,11 @@ func (s *Store) Event(id string) (Event, error) {
 // the attempt's own Event call to meet. A prefetch that lands after the
 // event's last outcome leaves an entry no attempt asks for; it holds the
 // same immutable data and leaves, oldest first, within the cache's bound.
+// Without a cache (EventCacheBytes < 0) it does nothing.
 func (s *Store) Preload(ids []string) {
+	if s.impl.events == nil {
+		return
+	}
 	for _, id := range ids {
 		if _, ok := s.impl.events.get(id); ok {
 			continue
