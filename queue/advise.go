@@ -43,9 +43,13 @@ const (
 type mapping struct{ start, end uintptr }
 
 func startAdvisor(dir string) *advisor {
+	// /proc/self/maps names files by their resolved path.
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		abs = dir
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
 	}
 	a := &advisor{
 		dir:  filepath.Clean(abs),

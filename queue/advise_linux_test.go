@@ -94,6 +94,32 @@ func TestValueLogAndWALMappedRandom(t *testing.T) {
 	}
 }
 
+// A storage directory reached through a symlink is advised too: the kernel
+// names the mappings by the resolved path.
+func TestAdvisedThroughASymlink(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "webhooks")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	s := openAt(t, link, nil)
+	defer s.Close()
+	real, _ = filepath.EvalSymlinks(real)
+	mustSub(t, s, "a")
+	s.impl.advise.checkNow()
+	got := storeMappings(t, real)
+	if len(got) == 0 {
+		t.Fatalf("no .vlog/.mem mappings of %s found in /proc/self/smaps", real)
+	}
+	for name, flags := range got {
+		for _, fl := range flags {
+			if !strings.Contains(" "+fl+" ", " rr ") {
+				t.Errorf("%s (opened through %s) is mapped without MADV_RANDOM: VmFlags %s", name, link, fl)
+			}
+		}
+	}
+}
+
 func keys(m map[string][]string) []string {
 	var k []string
 	for n := range m {
