@@ -162,7 +162,7 @@ func TestFailureKinds(t *testing.T) {
 		},
 		{
 			// A 2xx is a success only once its body ended: one that
-			// streams on past what is read is a failed attempt.
+			// streams on past what is kept runs into the timeout.
 			name: "2xx body never ends",
 			url: func(t *testing.T) string {
 				return newSubscriber(t, func(w http.ResponseWriter, r *http.Request, _ int) {
@@ -177,8 +177,9 @@ func TestFailureKinds(t *testing.T) {
 			},
 			status:  200,
 			bodyLen: 4096,
-			errHas:  "not read to its end",
+			errHas:  "response body did not end within 300ms",
 			outcome: "error",
+			timeout: 300 * time.Millisecond,
 		},
 		{
 			name: "redirect not followed",
@@ -263,6 +264,39 @@ func TestFailureKinds(t *testing.T) {
 				t.Errorf("count %d, want 1", sub.ConsecutiveFailures)
 			}
 		})
+	}
+}
+
+// A 2xx whose body is long but ends is a success: the contract fails only a
+// body that never ends (within the timeout), not a long one.
+func TestLong2xxBodyIsSuccess(t *testing.T) {
+	var sent atomic.Int64
+	url := newSubscriber(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		w.WriteHeader(200)
+		chunk := bytes.Repeat([]byte("z"), 64<<10)
+		for range 48 { // 3 MiB
+			n, err := w.Write(chunk)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}).url()
+	h := newHarness(t, delivery.Config{Timeout: 5 * time.Second})
+	h.subscribe("sub_a", url)
+	h.emit("lead.created", `{}`)
+	if got := h.waitAttempts(1)[0].outcome; got != "success" {
+		var why string
+		if fs := h.failures("sub_a"); len(fs) > 0 {
+			why = fs[0].Error
+		}
+		t.Fatalf("outcome %q after a 3 MiB 2xx body that ended, want success (%s)", got, why)
+	}
+	if n := sent.Load(); n != 3<<20 {
+		t.Errorf("subscriber wrote %d bytes, want the whole 3 MiB read", n)
+	}
+	if fs := h.failures("sub_a"); len(fs) != 0 {
+		t.Errorf("failure log has %d entries, want none", len(fs))
 	}
 }
 
