@@ -112,8 +112,29 @@ func TestAdminAPI(t *testing.T) {
 			{`{"url":"` + sub.URL + `","events":"lead.created"}`, "events"},
 			{`{"url":`, "invalid JSON"},
 			{``, "JSON object is required"},
+			{`[{"url":"` + sub.URL + `"}]`, "JSON object is required"},
+			{`{"url":"` + sub.URL + `","events":[1]}`, "events"},
 		} {
 			expectErr(t, "POST", "/webhooks/subscriptions", c.body, 400, c.mention)
+		}
+
+		// The body is JSON whatever the Content-Type says, when it says
+		// JSON in any spelling or is what `curl -d` sends; other types are
+		// refused by name.
+		for _, ct := range []string{"application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json", "application/x-www-form-urlencoded"} {
+			var v subView
+			status, b, _ := h.admin("POST", "/webhooks/subscriptions", fmt.Sprintf(`{"url":%q,"events":["*"]}`, sub.URL+"/ct"), "Content-Type", ct)
+			if status != 201 || json.Unmarshal(b, &v) != nil {
+				t.Errorf("subscribe with Content-Type %q: %d %s, want 201", ct, status, b)
+				continue
+			}
+			h.adminJSON("DELETE", "/webhooks/subscriptions/"+v.ID, "", 204, nil)
+		}
+		for _, ct := range []string{"text/plain", "multipart/form-data; boundary=x", "application/xml"} {
+			status, b, _ := h.admin("POST", "/webhooks/subscriptions", fmt.Sprintf(`{"url":%q,"events":["*"]}`, sub.URL+"/ct"), "Content-Type", ct)
+			if status != 415 || !strings.Contains(string(b), "application/json") {
+				t.Errorf("subscribe with Content-Type %q: %d %s, want 415 naming application/json", ct, status, b)
+			}
 		}
 
 		status, b, hdr := h.admin("POST", "/webhooks/subscriptions", good)
@@ -165,14 +186,14 @@ func TestAdminAPI(t *testing.T) {
 		}
 		sub.answer(299, "hello from the subscriber")
 		var res struct {
-			StatusCode   int     `json:"status_code"`
-			DurationMS   float64 `json:"duration_ms"`
-			ResponseBody string  `json:"response_body"`
-			Error        string  `json:"error"`
+			StatusCode   int    `json:"status_code"`
+			DurationMS   int    `json:"duration_ms"` // whole ms, rounded up
+			ResponseBody string `json:"response_body"`
+			Error        string `json:"error"`
 		}
 		h.adminJSON("POST", "/webhooks/subscriptions/"+apiSub.ID+"/test", "", 200, &res)
 		sub.answer(200, "ok")
-		if res.StatusCode != 299 || res.ResponseBody != "hello from the subscriber" || res.Error != "" {
+		if res.StatusCode != 299 || res.ResponseBody != "hello from the subscriber" || res.Error != "" || res.DurationMS < 1 {
 			t.Errorf("test result %+v", res)
 		}
 		r := sub.next(t)

@@ -265,4 +265,6 @@ func crockford(b [16]byte) string {
 	return string(out[:j])
 }
 
-func durationMS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func durationMS(d time.Duration) queue.Millis {
+	return queue.Millis(float64(d) / float64(time.Millisecond))
+}

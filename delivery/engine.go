@@ -92,10 +92,10 @@ type Options struct {
 
 // TestResult is the answer of a test send.
 type TestResult struct {
-	StatusCode   int     `json:"status_code"`
-	DurationMS   float64 `json:"duration_ms"`
-	ResponseBody string  `json:"response_body"`
-	Error        string  `json:"error"`
+	StatusCode   int          `json:"status_code"`
+	DurationMS   queue.Millis `json:"duration_ms"` // whole ms in JSON, rounded up
+	ResponseBody string       `json:"response_body"`
+	Error        string       `json:"error"`
 }
 
 // runtime is one configuration in force with what is built from it; it is

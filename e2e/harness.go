@@ -820,7 +820,7 @@ type Failure struct {
 	StatusCode     int       `json:"status_code"`
 	ResponseBody   string    `json:"response_body"`
 	Error          string    `json:"error"`
-	DurationMS     float64   `json:"duration_ms"`
+	DurationMS     int64     `json:"duration_ms"` // whole ms
 	TraceID        string    `json:"trace_id"`
 }
 

@@ -64,13 +64,13 @@ func TestPauseAfterTenFailures(t *testing.T) {
 	// Test sends now, signed, and changes nothing.
 	r := admin.Post(t, "/webhooks/subscriptions/"+s.ID+"/test", nil)
 	var tr struct {
-		StatusCode   int     `json:"status_code"`
-		DurationMS   float64 `json:"duration_ms"`
-		ResponseBody string  `json:"response_body"`
-		Error        string  `json:"error"`
+		StatusCode   int    `json:"status_code"`
+		DurationMS   int    `json:"duration_ms"` // whole ms, rounded up
+		ResponseBody string `json:"response_body"`
+		Error        string `json:"error"`
 	}
-	if r.Status != http.StatusOK || r.Decode(&tr) != nil || tr.StatusCode != 500 || tr.ResponseBody != "boom 11" {
-		t.Errorf("test send: %s, want 200 with status_code 500 and response_body \"boom 11\"", r)
+	if r.Status != http.StatusOK || r.Decode(&tr) != nil || tr.StatusCode != 500 || tr.ResponseBody != "boom 11" || tr.DurationMS < 1 {
+		t.Errorf("test send: %s, want 200 with status_code 500, response_body \"boom 11\" and a duration_ms of at least 1", r)
 	}
 	reqs := sub.Requests()
 	if len(reqs) != 11 {

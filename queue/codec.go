@@ -231,7 +231,7 @@ func (r *delivRecord) encode() []byte {
 		b = appendUvarint(b, uint64(a.StatusCode))
 		b = appendString(b, a.ResponseBody)
 		b = appendString(b, a.Error)
-		b = binary.BigEndian.AppendUint64(b, math.Float64bits(a.DurationMS))
+		b = binary.BigEndian.AppendUint64(b, math.Float64bits(float64(a.DurationMS)))
 		b = appendString(b, a.TraceID)
 		if a.Success {
 			b = append(b, 1)
@@ -282,7 +282,7 @@ func decodeDeliv(v []byte) (delivRecord, error) {
 		a.StatusCode = int(d.uvarint())
 		a.ResponseBody = d.string()
 		a.Error = d.string()
-		a.DurationMS = math.Float64frombits(d.u64())
+		a.DurationMS = Millis(math.Float64frombits(d.u64()))
 		a.TraceID = d.string()
 		a.Success = d.byte() == 1
 		r.Log = append(r.Log, a)

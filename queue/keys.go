@@ -47,7 +47,9 @@ func checkID(kind, id string) error {
 // times (the sign bit flipped so times before 1970 sort first).
 func timeBits(t time.Time) uint64 { return uint64(t.UnixNano()) ^ (1 << 63) }
 
-func bitsTime(u uint64) time.Time { return time.Unix(0, int64(u^(1<<63))) }
+// bitsTime is timeBits' inverse, in UTC: the API shows stored times as
+// RFC 3339 UTC whatever the process's time zone.
+func bitsTime(u uint64) time.Time { return time.Unix(0, int64(u^(1<<63))).UTC() }
 
 func appendLenStr(b []byte, s string) []byte {
 	b = append(b, byte(len(s)))

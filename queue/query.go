@@ -218,8 +218,10 @@ func (s *store) eventDeliveries(id string) (Event, []DeliveryInfo, error) {
 			case dDropped:
 				continue
 			default:
-				info.NextAttempt = d.Next
 				info.State = s.liveState(sub, d.Attempts, d.Next, now)
+				if info.State != DeliveryHeld {
+					info.NextAttempt = d.Next
+				}
 			}
 			out = append(out, info)
 		}

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -170,9 +172,22 @@ type Attempt struct {
 	StatusCode   int       `json:"status_code,omitempty"`
 	ResponseBody string    `json:"response_body,omitempty"` // ≤ 4 KiB
 	Error        string    `json:"error,omitempty"`
-	DurationMS   float64   `json:"duration_ms"`
+	DurationMS   Millis    `json:"duration_ms"`
 	TraceID      string    `json:"trace_id,omitempty"`
 	Success      bool      `json:"success"`
+}
+
+// Millis is a duration in milliseconds. It is kept to the nanosecond and
+// shown in JSON as whole milliseconds, rounded up (an attempt that took
+// 0.2 ms shows 1), so clients can read it as an integer.
+type Millis float64
+
+// MarshalJSON writes m as a whole number of milliseconds, rounded up.
+func (m Millis) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(m)) || m <= 0 {
+		return []byte("0"), nil
+	}
+	return strconv.AppendInt(nil, int64(math.Ceil(float64(m))), 10), nil
 }
 
 // SubUpdate is the subscription's breaker state after an outcome; it is
@@ -196,7 +211,7 @@ type FailureEntry struct {
 	StatusCode     int       `json:"status_code"`
 	ResponseBody   string    `json:"response_body"`
 	Error          string    `json:"error"`
-	DurationMS     float64   `json:"duration_ms"`
+	DurationMS     Millis    `json:"duration_ms"`
 	TraceID        string    `json:"trace_id"`
 }
 
@@ -204,8 +219,8 @@ type FailureEntry struct {
 type DeliveryInfo struct {
 	SubscriptionID string    `json:"subscription_id"`
 	State          string    `json:"state"`
-	Attempts       []Attempt `json:"attempts"` // oldest first, the last 50 at most
-	NextAttempt    time.Time `json:"next_attempt,omitempty"`
+	Attempts       []Attempt `json:"attempts"`              // oldest first, the last 50 at most
+	NextAttempt    time.Time `json:"next_attempt,omitzero"` // pending and scheduled only
 }
 
 // Stats counts deliveries and subscriptions by state.

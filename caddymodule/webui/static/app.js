@@ -105,9 +105,10 @@
     return h('time', { datetime: iso, title: iso, testid }, localTime(iso));
   }
 
+  // ms shows a duration_ms: whole milliseconds, rounded up by the API.
   function ms(v) {
     if (typeof v !== 'number' || !Number.isFinite(v)) return '';
-    return v < 10 ? `${v.toFixed(1)} ms` : `${Math.round(v)} ms`;
+    return `${Math.round(v)} ms`;
   }
 
   // The API's error for a non-2xx answer just repeats the status line;
