@@ -103,17 +103,18 @@ func (e *Engine) dispatch() {
 			ready = append(ready, jobs...)
 			e.prefetchJobs(jobs)
 		}
+		ln := e.laneLocked(sub.ID)
 		for n > 0 && len(ready) > 0 {
 			ticket, ok := e.breakers.Start(sub.ID)
 			if !ok {
 				break // paused or at its threshold since: the jobs wait
 			}
-			job := ready[0]
+			ln.push(ready[0])
 			ready = ready[1:]
-			if !e.handOut(task{job: job, sub: sub, ticket: ticket}) {
+			if !e.handOut(task{sub: sub, ticket: ticket, lane: ln}) {
 				// Stopping: the engine goes away with its breakers, so
 				// the ticket needs no outcome; Stop gives the rest back.
-				e.store.Hold(job)
+				e.store.Hold(ln.takeBack())
 				e.setReadyLocked(sub.ID, ready)
 				return
 			}
@@ -194,12 +195,23 @@ func (e *Engine) continueWith(subID string) (task, bool) {
 	if !ok {
 		return task{}, false
 	}
-	job := ready[0]
+	ln := e.laneLocked(subID)
+	ln.push(ready[0])
 	e.setReadyLocked(subID, ready[1:])
 	if len(ready)-1 < rt.cfg.MaxInFlight {
 		e.Kick() // the scheduler refills the ready jobs
 	}
-	return task{job: job, sub: subs[i], ticket: ticket}, true
+	return task{sub: subs[i], ticket: ticket, lane: ln}, true
+}
+
+// laneLocked returns the subscription's lane. Caller holds passMu.
+func (e *Engine) laneLocked(subID string) *lane {
+	ln := e.lanes[subID]
+	if ln == nil {
+		ln = &lane{}
+		e.lanes[subID] = ln
+	}
+	return ln
 }
 
 // setReadyLocked stores a subscription's ready jobs. Caller holds passMu.
@@ -261,7 +273,7 @@ func (e *Engine) worker() {
 		select {
 		case t := <-e.work:
 			for {
-				e.deliver(t)
+				e.deliver(t.bind(e.clock.Now))
 				next, ok := e.continueWith(t.sub.ID)
 				if !ok {
 					break

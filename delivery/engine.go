@@ -134,6 +134,7 @@ type Engine struct {
 	// actions must empty before they move deliveries.
 	passMu sync.Mutex
 	ready  map[string][]queue.Job // taken, due, not started yet, per subscription
+	lanes  map[string]*lane       // per subscription
 
 	// outcomeMu orders breaker outcomes and their store updates, so the
 	// count persisted last is the breaker's latest one, and keeps admin
@@ -158,9 +159,17 @@ type Engine struct {
 // task is one job handed to a worker, with the subscription as it was when
 // the attempt was started and the breaker ticket that admitted it.
 type task struct {
-	job    queue.Job
+	job    queue.Job // bound by the worker, from lane
 	sub    queue.Subscription
 	ticket policy.Ticket
+	lane   *lane
+	turn   *turn
+}
+
+// bind takes the task's job from its lane, on the worker that runs it.
+func (t task) bind(now func() time.Time) task {
+	t.job, t.turn = t.lane.bind(now)
+	return t
 }
 
 // New builds an engine over an open store. It loads every subscription's
@@ -195,6 +204,7 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		inflight: make(map[string]int),
 		known:    make(map[string]bool),
 		ready:    make(map[string][]queue.Job),
+		lanes:    make(map[string]*lane),
 		wake:     make(chan struct{}, 1),
 		prefetch: make(chan []string, 64),
 		work:     make(chan task),
@@ -337,6 +347,7 @@ func (e *Engine) SubscriptionChanged(id string) {
 	if errors.Is(err, queue.ErrNotFound) {
 		e.passMu.Lock()
 		delete(e.ready, id) // its deliveries are gone with it
+		delete(e.lanes, id) // attempts on their way keep theirs
 		e.passMu.Unlock()
 	}
 	e.mu.Lock()

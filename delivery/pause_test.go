@@ -157,6 +157,46 @@ func TestGonePausesAtOnce(t *testing.T) {
 	}
 }
 
+// Activate with the default max_in_flight: the held deliveries go out in
+// parallel, and their attempts start oldest first (the attempt times the
+// API shows are in event order). Their requests are written in that order
+// too, but parallel requests can still reach the subscriber's handler a
+// little out of order; TestActivateReleasesOldestFirst has strict arrival
+// with max_in_flight 1.
+func TestActivateReleasesOldestFirstInParallel(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 8, PauseAfter: 10}, func(o *delivery.Options) {
+		o.Clock = policy.SystemClock{} // attempt times that tell the order
+	})
+	s := newSubscriber(t, nil)
+	h.subscribe("sub_a", s.url())
+	if _, err := h.eng.Pause(context.Background(), "sub_a"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for range 24 {
+		ids = append(ids, h.emit("lead.created", `{}`).ID)
+	}
+	h.flush()
+	if _, err := h.eng.Activate(context.Background(), "sub_a", false); err != nil {
+		t.Fatal(err)
+	}
+	s.waitRequests(t, len(ids))
+	h.waitAttempts(len(ids))
+	h.flush()
+	var prev time.Time
+	for i, id := range ids {
+		_, ds, err := h.store.EventDeliveries(id)
+		if err != nil || len(ds) != 1 || len(ds[0].Attempts) != 1 {
+			t.Fatalf("event %s: %+v %v, want one delivery with one attempt", id, ds, err)
+		}
+		at := ds[0].Attempts[0].Time
+		if at.Before(prev) {
+			t.Fatalf("event %d (%s) started at %s, before event %d at %s: not oldest first", i+1, id, at.Format(time.StampNano), i, prev.Format(time.StampNano))
+		}
+		prev = at
+	}
+}
+
 // Activate after a pause: the count is 0 and every held or scheduled
 // delivery is sent now, oldest first.
 func TestActivateReleasesOldestFirst(t *testing.T) {
