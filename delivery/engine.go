@@ -230,6 +230,7 @@ func (e *Engine) newRuntime(cfg Config) *runtime {
 
 // Start begins taking and sending work. Its goroutines stop in Stop.
 func (e *Engine) Start() {
+	e.pauseOver()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.started || e.stopped {
@@ -321,6 +322,7 @@ func (e *Engine) Update(cfg Config) {
 	cfg = cfg.withDefaults()
 	old := e.rt.Swap(e.newRuntime(cfg))
 	e.breakers.SetPauseAfter(cfg.PauseAfter)
+	e.pauseOver()
 	old.client.closeIdle()
 	e.mu.Lock()
 	if e.started && !e.stopped {
@@ -328,6 +330,33 @@ func (e *Engine) Update(cfg Config) {
 	}
 	e.mu.Unlock()
 	e.Kick()
+}
+
+// pauseOver pauses every active subscription whose count has reached
+// pause_after (it was lowered by a reload, or the store was opened with a
+// lower one), as its last failure would have: recorded, logged at WARN,
+// reported to the Paused hook.
+func (e *Engine) pauseOver() {
+	for _, id := range e.breakers.PauseOver() {
+		e.outcomeMu.Lock()
+		sub, err := e.store.SetState(context.Background(), id, queue.StatePaused, e.breakers.Failures(id))
+		e.outcomeMu.Unlock()
+		if err != nil {
+			if !errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrClosed) {
+				e.log.Error("record pause", zap.String("subscription", id), zap.Error(err))
+			}
+			continue
+		}
+		e.log.Warn("subscription paused",
+			zap.String("subscription", id),
+			zap.Int("consecutive_failures", sub.ConsecutiveFailures),
+			zap.Int("pause_after", e.breakers.PauseAfter()),
+			zap.String("reason", "its count had reached pause_after"),
+			zap.String("last_error", sub.LastError))
+		if e.hooks.Paused != nil {
+			e.hooks.Paused(sub, sub.LastError)
+		}
+	}
 }
 
 // Config returns the configuration in force.

@@ -293,6 +293,95 @@ func TestManualPause(t *testing.T) {
 	}
 }
 
+// Attempts in flight across a pause and an activate count when they end:
+// with pause_after 3 and two failing attempts in flight, the activate
+// admits one more, and the three failures pause. The subscriber sees 3
+// failed attempts in a row, not 3 after the two it saw during the activate.
+func TestInFlightFailuresAcrossActivateCount(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 8, PauseAfter: 3})
+	release := make(chan struct{})
+	s := newSubscriber(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		<-release
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	h.subscribe("sub_a", s.url())
+	h.emit("lead.created", `{}`)
+	h.emit("lead.created", `{}`)
+	s.waitRequests(t, 2)
+	ctx := context.Background()
+	if _, err := h.eng.Pause(ctx, "sub_a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.eng.Activate(ctx, "sub_a", false); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		h.emit("lead.created", `{}`)
+	}
+	s.waitRequests(t, 3)
+	close(release)
+	paused := h.waitPaused()
+	if paused.ConsecutiveFailures != 3 {
+		t.Fatalf("paused with %d failures, want 3", paused.ConsecutiveFailures)
+	}
+	h.clock.Advance(48 * time.Hour)
+	h.eng.Kick()
+	h.quiesce()
+	if n := s.count(); n != 3 {
+		t.Fatalf("subscriber received %d failed attempts in a row, want 3 (pause_after)", n)
+	}
+	if sub := h.sub("sub_a"); sub.State != queue.StatePaused || sub.ConsecutiveFailures != 3 {
+		t.Fatalf("stored %s with %d failures, want paused with 3", sub.State, sub.ConsecutiveFailures)
+	}
+}
+
+// A pause_after lowered below a subscription's count pauses it at once
+// (recorded, reported to the Paused hook), by a reload (Update) or at
+// start; no attempt goes past the new threshold.
+func TestLoweredPauseAfterPausesAtOnce(t *testing.T) {
+	h := newHarness(t, delivery.Config{MaxInFlight: 1})
+	s := newSubscriber(t, status(500, ""))
+	h.subscribe("sub_a", s.url(), func(q *queue.Subscription) { q.Events = []string{"a"} })
+	h.subscribe("sub_b", s.url(), func(q *queue.Subscription) { q.Events = []string{"b"} })
+	for range 6 {
+		h.emit("a", `{}`)
+	}
+	for range 4 {
+		h.emit("b", `{}`)
+	}
+	h.waitAttempts(10)
+	h.flush()
+
+	cfg := h.eng.Config()
+	cfg.PauseAfter = 5
+	h.eng.Update(cfg)
+	if p := h.waitPaused(); p.ID != "sub_a" || p.ConsecutiveFailures != 6 {
+		t.Fatalf("paused %s with %d failures, want sub_a with 6", p.ID, p.ConsecutiveFailures)
+	}
+	if sub := h.sub("sub_a"); sub.State != queue.StatePaused || sub.PausedAt.IsZero() {
+		t.Fatalf("sub_a stored %s (paused_at %v), want paused", sub.State, sub.PausedAt)
+	}
+	if sub := h.sub("sub_b"); sub.State != queue.StateActive {
+		t.Fatalf("sub_b (4 failures) is %s at pause_after 5, want active", sub.State)
+	}
+
+	// At start: the store says 4, the configuration 3.
+	h.cfg.PauseAfter = 3
+	h.restart()
+	if p := h.waitPaused(); p.ID != "sub_b" || p.ConsecutiveFailures != 4 {
+		t.Fatalf("paused %s with %d failures at start, want sub_b with 4", p.ID, p.ConsecutiveFailures)
+	}
+	before := s.count()
+	h.emit("a", `{}`)
+	h.emit("b", `{}`)
+	h.clock.Advance(48 * time.Hour)
+	h.eng.Kick()
+	h.quiesce()
+	if n := s.count(); n != before {
+		t.Fatalf("subscriber received %d more attempts after the pauses, want none", n-before)
+	}
+}
+
 // Restart at 7 failures: the count survives, and the 3rd failure after the
 // restart pauses. The pause survives the next restart.
 func TestCountAndPauseSurviveRestart(t *testing.T) {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,9 +72,8 @@ type Result struct {
 	// Tripped: this attempt paused the subscription (exactly one attempt
 	// reports it per pause).
 	Tripped bool
-	// Stale: the outcome was not counted, because the ticket is from before
-	// a Reset/Load/Remove, the subscription was already paused, or the
-	// ticket was already finished. Only the in-flight slot was given back.
+	// Stale: the outcome was not counted, because the subscription was
+	// removed or the ticket was already finished.
 	Stale bool
 }
 
@@ -95,6 +95,24 @@ func (b *Breakers) SetPauseAfter(n int) {
 		n = DefaultPauseAfter
 	}
 	b.pauseAfter.Store(int64(n))
+}
+
+// PauseOver pauses every active subscription whose count has reached the
+// threshold (it was lowered, or a count was loaded at or above it) and
+// returns their ids, sorted: each needs its pause recorded like a trip.
+func (b *Breakers) PauseOver() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := b.pauseAfter.Load()
+	var ids []string
+	for id, s := range b.subs {
+		if !s.paused && int64(s.failures) >= n {
+			b.pause(s)
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // PauseAfter returns the threshold in force.
@@ -161,7 +179,7 @@ func (b *Breakers) get(id string) *subBreaker {
 
 // Load sets a subscription's persisted state (at start, or when it is
 // (re)created): its consecutive failure count and whether it is paused.
-// Attempts in flight keep their slot but their outcomes are not counted.
+// Attempts in flight keep their slot; their outcomes count on the loaded state.
 func (b *Breakers) Load(subID string, failures int, paused bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -199,8 +217,16 @@ func (b *Breakers) Start(subID string) (t Ticket, ok bool) {
 }
 
 // Finish resolves a started attempt. gone (410) trips the breaker at once.
-// Finishing a ticket from before a Reset/Load changes nothing but the
-// in-flight count.
+//
+// Every outcome counts where it lands, in the subscriber's order of
+// events, whenever the attempt started: one that was in flight across a
+// pause or an activate (Reset) counts as it ends. A failure while paused
+// adds to the count (the pause is already in place); one after an
+// activate counts towards the next pause, so the subscriber never sees
+// more than PauseAfter failed attempts in a row without a pause between
+// them (the attempts in flight at an activate keep their slots, so
+// failures + in flight stay within PauseAfter). A success resets the
+// count, paused or not; the pause stays until Reset.
 func (b *Breakers) Finish(t Ticket, success, gone bool) Result {
 	if t.sub == nil || !t.finished.CompareAndSwap(false, true) {
 		b.mu.Lock()
@@ -211,29 +237,35 @@ func (b *Breakers) Finish(t Ticket, success, gone bool) Result {
 	defer b.mu.Unlock()
 	s := t.sub
 	s.inFlight--
-	if s.removed || t.gen != s.gen {
+	if s.removed {
 		return b.staleResult(t.SubscriptionID)
 	}
-	if s.paused {
-		// An attempt that was in flight when the subscription was paused
-		// (by hand, or by a 410 beside it): a success still resets the
-		// count ("any success resets it"); the pause stays until Reset.
-		if success && !gone {
-			s.failures = 0
-			s.base.Store(0)
-			return Result{ConsecutiveFailures: 0}
+	done := t.done
+	if t.gen != s.gen && !s.paused {
+		// Started before a Reset: the outcome goes to the breaker in
+		// force (closed, as the subscription is active).
+		d, err := s.cb.Allow()
+		if err != nil {
+			b.pause(s) // open means paused: keep both in step
+		} else {
+			done = d
 		}
-		return b.staleResult(t.SubscriptionID)
 	}
 	if success && !gone {
-		t.done(nil)
+		if !s.paused {
+			done(nil)
+		}
 		s.failures = 0
 		s.base.Store(0)
 		return Result{ConsecutiveFailures: 0}
 	}
+	if s.paused {
+		s.failures++
+		return Result{ConsecutiveFailures: s.failures}
+	}
 	s.forceTrip.Store(gone)
 	s.opened.Store(false)
-	t.done(errAttemptFailed)
+	done(errAttemptFailed)
 	s.failures = int(s.lastCount.Load())
 	if s.opened.Load() {
 		s.paused = true
@@ -300,7 +332,8 @@ func (b *Breakers) Pause(subID string) {
 }
 
 // Reset activates a subscription with a count of 0 and a fresh breaker;
-// attempts in flight keep their slot but their outcomes are not counted.
+// attempts in flight keep their slot, and their outcomes count towards the
+// next pause (see Finish).
 func (b *Breakers) Reset(subID string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

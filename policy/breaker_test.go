@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -179,28 +180,57 @@ func TestBreakerLoadPaused(t *testing.T) {
 	}
 }
 
-func TestBreakerResetIgnoresOldTickets(t *testing.T) {
-	b, _ := newTestBreakers(10)
-	for range 5 {
+// Attempts in flight across an activate (Reset) keep their slots, and
+// their outcomes count in the new run: the subscriber never sees more than
+// pause_after failures in a row without a pause between them.
+func TestBreakerOldTicketsCountAfterReset(t *testing.T) {
+	b, _ := newTestBreakers(3)
+	for range 2 {
 		attempt(t, b, "s", false, false)
 	}
 	old, ok := b.Start("s")
 	if !ok {
 		t.Fatal("start refused")
 	}
-	gone, _ := b.Start("s")
 	b.Reset("s")
-	if b.Failures("s") != 0 || b.Paused("s") || b.InFlight("s") != 2 {
+	if b.Failures("s") != 0 || b.Paused("s") || b.InFlight("s") != 1 {
 		t.Fatalf("after Reset: failures=%d paused=%v in-flight=%d", b.Failures("s"), b.Paused("s"), b.InFlight("s"))
 	}
-	if r := b.Finish(gone, false, true); r.Tripped || !r.Stale || b.Paused("s") {
-		t.Fatalf("old 410 after reset: %+v paused=%v", r, b.Paused("s"))
+	n1, ok1 := b.Start("s")
+	n2, ok2 := b.Start("s")
+	if !ok1 || !ok2 {
+		t.Fatal("Start refused below the threshold after Reset")
 	}
-	if r := b.Finish(old, false, false); r.ConsecutiveFailures != 0 || !r.Stale {
-		t.Fatalf("old failure after reset: %+v", r)
+	if _, ok := b.Start("s"); ok {
+		t.Fatal("Start allowed with 0 failures and 3 in flight (one from before the Reset) at pause_after 3")
+	}
+	if r := b.Finish(old, false, false); r.Stale || r.Tripped || r.ConsecutiveFailures != 1 {
+		t.Fatalf("failure of an attempt from before the Reset: %+v, want counted as 1", r)
+	}
+	if r := b.Finish(n1, false, false); r.Tripped || r.ConsecutiveFailures != 2 {
+		t.Fatalf("second failure: %+v", r)
+	}
+	if r := b.Finish(n2, false, false); !r.Tripped || r.ConsecutiveFailures != 3 || !b.Paused("s") {
+		t.Fatalf("third failure: %+v paused=%v, want the pause", r, b.Paused("s"))
+	}
+
+	// A 410 from before a Reset still says the receiver is gone.
+	b.Reset("s")
+	gone, _ := b.Start("s")
+	b.Reset("s")
+	if r := b.Finish(gone, false, true); !r.Tripped || !b.Paused("s") {
+		t.Fatalf("410 from before a Reset: %+v paused=%v, want the pause", r, b.Paused("s"))
+	}
+	// And a success from before a Reset resets the count it lands on.
+	b.Reset("s")
+	ok3, _ := b.Start("s")
+	b.Reset("s")
+	attempt(t, b, "s", false, false)
+	if r := b.Finish(ok3, true, false); r.ConsecutiveFailures != 0 || b.Failures("s") != 0 {
+		t.Fatalf("success from before a Reset: %+v failures=%d", r, b.Failures("s"))
 	}
 	if b.InFlight("s") != 0 {
-		t.Fatalf("in-flight %d after old tickets finished", b.InFlight("s"))
+		t.Fatalf("in-flight %d after every ticket finished", b.InFlight("s"))
 	}
 	// Finishing twice does not count twice nor free a slot twice.
 	tk, _ := b.Start("s")
@@ -234,8 +264,9 @@ func TestBreakerManualPause(t *testing.T) {
 	if _, ok := b.Start("s"); ok {
 		t.Fatal("Start allowed after manual pause")
 	}
-	// A failure in flight finishes, is not counted and reports no trip.
-	if r := b.Finish(inflight, false, false); r.Tripped || !r.Stale || r.ConsecutiveFailures != 1 {
+	// A failure in flight finishes and adds to the count (the subscriber
+	// saw it), with no trip: the pause is already in place.
+	if r := b.Finish(inflight, false, false); r.Tripped || r.Stale || r.ConsecutiveFailures != 2 || b.Failures("s") != 2 {
 		t.Fatalf("in-flight failure after manual pause: %+v", r)
 	}
 	// A success in flight still resets the count ("any success resets it"),
@@ -250,6 +281,34 @@ func TestBreakerManualPause(t *testing.T) {
 	b.Reset("s")
 	if _, ok := b.Start("s"); !ok {
 		t.Fatal("Start refused after Reset")
+	}
+}
+
+// Lowering the threshold below a count pauses at once, through PauseOver.
+func TestBreakerPauseOver(t *testing.T) {
+	b, _ := newTestBreakers(10)
+	for range 7 {
+		attempt(t, b, "s", false, false)
+	}
+	for range 4 {
+		attempt(t, b, "under", false, false)
+	}
+	b.Load("paused", 6, true)
+	if ids := b.PauseOver(); len(ids) != 0 {
+		t.Fatalf("PauseOver at 10 paused %v", ids)
+	}
+	b.SetPauseAfter(5)
+	if ids := b.PauseOver(); !slices.Equal(ids, []string{"s"}) {
+		t.Fatalf("PauseOver at 5 paused %v, want [s]", ids)
+	}
+	if !b.Paused("s") || b.Failures("s") != 7 || b.Paused("under") {
+		t.Fatalf("s paused=%v with %d failures; under paused=%v", b.Paused("s"), b.Failures("s"), b.Paused("under"))
+	}
+	if _, ok := b.Start("s"); ok {
+		t.Fatal("Start allowed on a subscription paused by PauseOver")
+	}
+	if ids := b.PauseOver(); len(ids) != 0 {
+		t.Fatalf("a second PauseOver paused %v", ids)
 	}
 }
 
