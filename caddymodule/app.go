@@ -63,6 +63,11 @@ type App struct {
 	// 24h. It is read when the store is opened: changing it takes effect at
 	// the next start, not at a reload.
 	Retention caddy.Duration `json:"retention,omitempty"`
+	// MinFree is the free space, in bytes, kept on the storage filesystem:
+	// while less is free, emits are answered 503 (Badger faults instead of
+	// failing when a disk fills up). Default 64 MiB; -1: no check. Read
+	// when the store is opened, like Retention.
+	MinFree int64 `json:"min_free,omitempty"`
 	// Catalog is "none" to start from an empty catalog instead of the
 	// default one ("" or "default").
 	Catalog string `json:"catalog,omitempty"`
@@ -164,6 +169,9 @@ func (a *App) setup() error {
 		return fmt.Errorf("timeout: must be positive, got %s", time.Duration(a.Timeout))
 	} else if a.Timeout > 0 {
 		cfg.Timeout = time.Duration(a.Timeout)
+	}
+	if a.MinFree < -1 {
+		return fmt.Errorf("min_free: must be a size or -1 (no check), got %d", a.MinFree)
 	}
 	if a.Retention < 0 {
 		return fmt.Errorf("retention: must be positive, got %s", time.Duration(a.Retention))
@@ -499,7 +507,7 @@ func openRuntime(a *App) (*runtime, error) {
 	if err := os.MkdirAll(a.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating storage directory: %w", err)
 	}
-	st, err := queue.Open(queue.Options{Dir: a.dir, Retention: time.Duration(a.Retention)})
+	st, err := queue.Open(queue.Options{Dir: a.dir, Retention: time.Duration(a.Retention), MinFree: a.MinFree})
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}

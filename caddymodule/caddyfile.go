@@ -31,6 +31,7 @@ func init() {
 //		max_in_flight  <n>
 //		allow_networks <cidr>...
 //		retention      <duration>
+//		min_free       <size>|off
 //		catalog        none|default
 //		event_type     <name> [<description>] [{
 //			require <key>...
@@ -130,6 +131,22 @@ func unmarshalApp(d *caddyfile.Dispenser) (*App, error) {
 				return nil, err
 			}
 			app.Retention = v
+		case "min_free":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			if d.Val() == "off" {
+				app.MinFree = -1
+			} else {
+				n, err := humanize.ParseBytes(d.Val())
+				if err != nil || n == 0 || n > 1<<50 {
+					return nil, d.Errf("min_free: bad size %q (a size like 64MiB, or off)", d.Val())
+				}
+				app.MinFree = int64(n)
+			}
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
 		case "retry":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -94,6 +94,9 @@ func TestCaddyfileMalformed(t *testing.T) {
 		{"timeout missing", global("timeout"), 3, "wrong argument count"},
 		{"timeout zero", global("timeout 0s"), 3, "must be positive"},
 		{"retention bad", global("workers 4", "retention forever"), 4, "retention: bad duration"},
+		{"min_free bad", global("min_free lots"), 3, `min_free: bad size "lots"`},
+		{"min_free zero", global("min_free 0"), 3, "min_free: bad size"},
+		{"min_free missing", global("min_free"), 3, "wrong argument count"},
 		{"retry missing", global("retry"), 3, "wrong argument count"},
 		{"retry bad duration", global("retry 5s 30x"), 3, `retry: bad duration "30x"`},
 		{"retry negative", global("retry 5s -1s"), 3, "retry: delays must be positive"},
@@ -163,6 +166,7 @@ func TestCaddyfileEveryOption(t *testing.T) {
 		max_in_flight 3
 		allow_networks 127.0.0.0/8 ::1
 		retention 72h
+		min_free 100MiB
 		catalog none
 		event_type a.b "Thing A B" {
 			require k1 k2
@@ -183,7 +187,7 @@ func TestCaddyfileEveryOption(t *testing.T) {
 	got, _ := json.Marshal(app)
 	want := `{"storage":"./data","pause_after":7,"retry":[1000000000,120000000000,10800000000000],` +
 		`"timeout":9000000000,"workers":12,"max_in_flight":3,"allow_networks":["127.0.0.0/8","::1"],` +
-		`"retention":259200000000000,"catalog":"none","event_types":[{"name":"a.b","description":"Thing A B",` +
+		`"retention":259200000000000,"min_free":104857600,"catalog":"none","event_types":[{"name":"a.b","description":"Thing A B",` +
 		`"require":["k1","k2"]},{"name":"c.d"}],"subscriptions":[{"name":"s1","url":"http://127.0.0.1:7/x",` +
 		`"events":["a.b","c.d"],"secret":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw","headers":{"X-One":"1"},` +
 		`"description":"first one"}]}`
@@ -202,5 +206,19 @@ func TestCaddyfileEveryOption(t *testing.T) {
 	}
 	if !filepath.IsAbs(app.dir) || filepath.Base(app.dir) != "data" {
 		t.Errorf("storage dir %q: want an absolute path ending in data", app.dir)
+	}
+}
+
+// min_free off turns the free-space check off (-1 in JSON).
+func TestCaddyfileMinFreeOff(t *testing.T) {
+	app, err := unmarshalApp(caddyfile.NewTestDispenser("webhooks {\n\tmin_free off\n}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if app.MinFree != -1 {
+		t.Fatalf("min_free off parsed as %d, want -1", app.MinFree)
+	}
+	if err := app.setup(); err != nil {
+		t.Fatalf("setup: %v", err)
 	}
 }

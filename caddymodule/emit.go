@@ -242,8 +242,12 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 		span.SetStatus(codes.Error, "storing event")
 		if errors.Is(err, queue.ErrUnavailable) || errors.Is(err, queue.ErrClosed) {
 			span.SetAttributes(attribute.String("error.type", "storage_unavailable"))
-			h.logger.Error("storing event: storage unavailable", zap.String("event_id", ev.ID), zap.Error(err))
-			(&emitError{status: http.StatusServiceUnavailable, msg: "storage unavailable: nothing was stored, retry later"}).write(w)
+			msg := "storage unavailable: nothing was stored, retry later"
+			if errors.Is(err, queue.ErrFull) {
+				msg = "storage full: nothing was stored, retry later"
+			}
+			h.logger.Error("storing event: "+msg[:strings.IndexByte(msg, ':')], zap.String("event_id", ev.ID), zap.Error(err))
+			(&emitError{status: http.StatusServiceUnavailable, msg: msg}).write(w)
 			return nil
 		}
 		span.SetAttributes(attribute.String("error.type", fmt.Sprintf("%T", err)))

@@ -39,6 +39,7 @@ type store struct {
 	opts          Options
 	db            *badger.DB
 	now           func() time.Time
+	space         *spaceGuard // refuses new events while the disk is nearly full
 	maxBatchBytes int
 
 	reqs       chan op
@@ -130,6 +131,10 @@ func open(opts Options) (*store, error) {
 	if opts.gcInterval <= 0 {
 		opts.gcInterval = defaultGCInterval
 	}
+	space := newSpaceGuard(opts.Dir, opts.MinFree, opts.statfs, opts.Now)
+	if err := space.checkOpen(); err != nil {
+		return nil, fmt.Errorf("open queue in %s: %w", opts.Dir, err)
+	}
 	bo, memTable := badgerOptions(opts)
 	db, err := badger.Open(bo)
 	if err != nil {
@@ -141,6 +146,7 @@ func open(opts Options) (*store, error) {
 	s := &store{
 		opts:          opts,
 		db:            db,
+		space:         space,
 		now:           opts.Now,
 		maxBatchBytes: int(memTable * 15 / 100 / 2),
 		reqs:          make(chan op, reqQueue),

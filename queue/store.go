@@ -29,6 +29,9 @@ var (
 	// ErrUnavailable: the write could not be committed (disk full, I/O
 	// error); nothing of the request was written. Callers answer 503.
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrFull: less than Options.MinFree is free on the store's
+	// filesystem; always wrapped together with ErrUnavailable.
+	ErrFull = errors.New("storage full")
 	// ErrExists: a subscription with that id already exists (Create).
 	ErrExists = errors.New("already exists")
 )
@@ -58,12 +61,18 @@ type Options struct {
 	// Logger receives Badger's warnings and errors, and the janitor's
 	// (default: Badger's own logger on stderr, warnings and errors only).
 	Logger *zap.Logger
+	// MinFree is the free space kept on the store's filesystem: while less
+	// is free, Enqueue refuses new events with ErrUnavailable (see
+	// DefaultMinFree, the default; negative: no check).
+	MinFree int64
 
 	// gcInterval is how often the janitor runs (default 1 minute).
 	gcInterval time.Duration
 	// noSync turns SyncWrites off; only for tests that measure something
 	// other than the disk (churn).
 	noSync bool
+	// statfs replaces the free-space reading (tests).
+	statfs func(dir string) (int64, error)
 }
 
 // Subscription states.
@@ -263,6 +272,11 @@ func (s *Store) Enqueue(ctx context.Context, ev Event, subs []string, idemKey st
 	o, err := s.impl.newEnqueue(ev, subs, idemKey)
 	if err != nil {
 		return EnqueueResult{}, err
+	}
+	// The payload is written twice (value log, then a table or the log of
+	// a compaction), the records once or twice.
+	if err := s.impl.space.admit(2 * int64(o.encoded)); err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue event %s: %w", ev.ID, err)
 	}
 	if err := s.impl.run(ctx, o, &o.waiter); err != nil {
 		return EnqueueResult{}, fmt.Errorf("enqueue event %s: %w", ev.ID, err)
