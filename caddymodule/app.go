@@ -511,7 +511,7 @@ func openRuntime(a *App) (*runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening store: %w", err)
 	}
-	tp, err := newTracerProvider()
+	tp, err := newTracerProvider(a.logger)
 	if err != nil {
 		_ = st.Close()
 		return nil, err

@@ -55,7 +55,7 @@ func benchHandler(b *testing.B, subs int) *EmitHandler {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = st.Close() })
-	tp, err := newTracerProvider()
+	tp, err := newTracerProvider(zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -502,7 +502,7 @@ func TestEmitUnavailable(t *testing.T) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-	tp, err := newTracerProvider()
+	tp, err := newTracerProvider(zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/embedded"
+	"go.uber.org/zap"
 
 	"github.com/caddy-webhooks/caddy-webhooks/delivery"
 )
@@ -50,8 +51,11 @@ func exporterConfigured() bool {
 }
 
 // newTracerProvider builds the provider from the OTEL_* environment, the
-// way Caddy's tracing module does with autoexport.
-func newTracerProvider() (*tracerProvider, error) {
+// way Caddy's tracing module does with autoexport. An exporter setting it
+// cannot use (an unknown exporter or protocol) is logged and ignored, as
+// the OpenTelemetry specification asks of SDKs: spans are still made, not
+// exported, and the sidecar runs.
+func newTracerProvider(logger *zap.Logger) (*tracerProvider, error) {
 	// The environment (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) is
 	// applied after the defaults, so it wins.
 	res, err := resource.New(context.Background(),
@@ -65,13 +69,16 @@ func newTracerProvider() (*tracerProvider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building tracing resource: %w", err)
 	}
+	var idp idTracerProvider
+	noExport := &tracerProvider{provider: idp, tracer: idp.Tracer(tracerName)}
 	if !exporterConfigured() {
-		var p idTracerProvider
-		return &tracerProvider{provider: p, tracer: p.Tracer(tracerName)}, nil
+		return noExport, nil
 	}
 	exp, err := autoexport.NewSpanExporter(context.Background())
 	if err != nil {
-		return nil, fmt.Errorf("creating span exporter from OTEL_* environment: %w", err)
+		logger.Warn("tracing: the OTEL_* environment names an exporter that cannot be used; spans are not exported",
+			zap.Error(err))
+		return noExport, nil
 	}
 	p := sdktrace.NewTracerProvider(sdktrace.WithResource(res), sdktrace.WithBatcher(exp))
 	return &tracerProvider{provider: p, sdk: p, tracer: p.Tracer(tracerName), exports: true}, nil

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestExporterConfigured(t *testing.T) {
@@ -37,7 +39,7 @@ func TestTracerProviderWithoutExporter(t *testing.T) {
 	t.Setenv("OTEL_TRACES_EXPORTER", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
-	tp, err := newTracerProvider()
+	tp, err := newTracerProvider(zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +63,7 @@ func TestTracerProviderWithoutExporter(t *testing.T) {
 // span id.
 func TestTracerWithoutExporterFollowsParent(t *testing.T) {
 	t.Setenv("OTEL_TRACES_EXPORTER", "none")
-	tp, err := newTracerProvider()
+	tp, err := newTracerProvider(zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,5 +97,35 @@ func TestTracerWithoutExporterFollowsParent(t *testing.T) {
 	}
 	if err := tp.shutdown(context.Background()); err != nil {
 		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// An exporter setting the SDK cannot use does not stop the sidecar: it is
+// logged at WARN and spans are made without being exported.
+func TestTracerProviderWithUnusableExporter(t *testing.T) {
+	for _, env := range [][2]string{
+		{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"},
+		{"OTEL_TRACES_EXPORTER", "carrier-pigeon"},
+	} {
+		t.Run(env[1], func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+			t.Setenv(env[0], env[1])
+			core, logs := observer.New(zap.WarnLevel)
+			tp, err := newTracerProvider(zap.New(core))
+			if err != nil {
+				t.Fatalf("%s=%s: %v, want a provider that does not export", env[0], env[1], err)
+			}
+			if tp.exports {
+				t.Errorf("%s=%s: exports", env[0], env[1])
+			}
+			if logs.FilterMessageSnippet("spans are not exported").Len() != 1 {
+				t.Errorf("%s=%s: no WARN; logs %v", env[0], env[1], logs.All())
+			}
+			_, span := tp.tracer.Start(context.Background(), "webhook.emit")
+			if !span.SpanContext().TraceID().IsValid() {
+				t.Error("spans have no trace id")
+			}
+			span.End()
+		})
 	}
 }
