@@ -131,6 +131,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// resolvePath resolves the symlinks of the longest existing prefix of the
+// absolute path p (the directory itself may not exist yet).
+func resolvePath(p string) string {
+	rest := ""
+	for cur := p; ; {
+		if r, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(r, rest)
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
+}
+
 // setup validates the JSON config and computes the derived settings; it
 // has no side effects, so the fuzz target can call it.
 func (a *App) setup() error {
@@ -146,7 +163,10 @@ func (a *App) setup() error {
 	if err != nil {
 		return fmt.Errorf("storage %q: %w", storage, err)
 	}
-	a.dir = filepath.Clean(dir)
+	// The store is shared between configs by its directory: two spellings
+	// of one directory (a symlink) must find the same store, or the second
+	// open fails on Badger's lock.
+	a.dir = resolvePath(filepath.Clean(dir))
 
 	cfg := delivery.Config{
 		PauseAfter:  policy.DefaultPauseAfter,
@@ -287,6 +307,7 @@ func (a *App) Start() error {
 	}
 	rt := v.(*runtime)
 	if loaded {
+		rt.engine.SetLogger(a.logger)
 		rt.engine.Update(a.cfg)
 	}
 	if err := a.applySubscriptions(rt); err != nil {
@@ -321,6 +342,7 @@ func (a *App) Stop() error {
 	next := newestFor(a.dir)
 	runningMu.Unlock()
 	if wasNewest && next != nil {
+		rt.engine.SetLogger(next.logger)
 		rt.engine.Update(next.cfg)
 		if err := next.applySubscriptions(rt); err != nil {
 			a.logger.Error("re-applying the remaining config's subscriptions", zap.Error(err))

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -244,5 +246,32 @@ func TestPauseEmitsCaddyEvents(t *testing.T) {
 	data = next(EventSubscriptionActivated)
 	if data["subscription_id"] != "crm" {
 		t.Errorf("activated event data %v", data)
+	}
+}
+
+// Two spellings of one storage directory (through a symlink) are one
+// store: the pool key is the resolved path, also for a directory not
+// created yet.
+func TestStoragePathResolvesSymlinks(t *testing.T) {
+	real, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	for storage, want := range map[string]string{
+		link:                                    real,
+		filepath.Join(link, "webhooks", "data"): filepath.Join(real, "webhooks", "data"),
+		filepath.Join(real, "x"):                filepath.Join(real, "x"),
+	} {
+		a := &App{Storage: storage}
+		if err := a.setup(); err != nil {
+			t.Fatal(err)
+		}
+		if a.dir != want {
+			t.Errorf("storage %s: dir %s, want %s", storage, a.dir, want)
+		}
 	}
 }

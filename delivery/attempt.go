@@ -95,7 +95,7 @@ func (e *Engine) deliver(t task) {
 	}
 	done := func(err error) {
 		if err != nil && !errors.Is(err, queue.ErrClosed) {
-			e.log.Error("record delivery outcome", zap.String("subscription", t.sub.ID),
+			e.logger().Error("record delivery outcome", zap.String("subscription", t.sub.ID),
 				zap.String("event", t.job.EventID), zap.Int("attempt", attemptNo), zap.Error(err))
 		}
 		e.Kick() // the lease has ended: the delivery can be taken again
@@ -167,7 +167,7 @@ func (e *Engine) deliver(t task) {
 		e.hooks.Attempt(t.sub.ID, outcome, o.dur)
 	}
 	if res.Tripped {
-		e.log.Warn("subscription paused",
+		e.logger().Warn("subscription paused",
 			zap.String("subscription", t.sub.ID),
 			zap.Int("consecutive_failures", res.ConsecutiveFailures),
 			zap.Bool("gone", verdict.Gone),

@@ -95,7 +95,7 @@ func (e *Engine) dispatch() {
 				if errors.Is(err, queue.ErrClosed) {
 					return
 				}
-				e.log.Error("take due deliveries", zap.String("subscription", sub.ID), zap.Error(err))
+				e.logger().Error("take due deliveries", zap.String("subscription", sub.ID), zap.Error(err))
 			}
 			if next.After(now) && (earliest.IsZero() || next.Before(earliest)) {
 				earliest = next

@@ -112,7 +112,7 @@ type Engine struct {
 	breakers *policy.Breakers
 	clock    policy.Clock
 	tracer   trace.Tracer
-	log      *zap.Logger
+	log      atomic.Pointer[zap.Logger] // the newest config's (SetLogger)
 	hooks    Hooks
 	rand     func() float64
 	grace    time.Duration
@@ -197,7 +197,6 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		breakers: policy.NewBreakers(cfg.PauseAfter, opts.Clock),
 		clock:    opts.Clock,
 		tracer:   opts.TracerProvider.Tracer(tracerName),
-		log:      opts.Logger,
 		hooks:    opts.Hooks,
 		rand:     opts.Rand,
 		grace:    opts.Grace,
@@ -213,6 +212,7 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		abort:    abort,
 	}
 	e.rt.Store(e.newRuntime(cfg))
+	e.log.Store(opts.Logger)
 	for _, s := range store.Subscriptions() {
 		e.breakers.Load(s.ID, s.ConsecutiveFailures, s.State == queue.StatePaused)
 		e.known[s.ID] = true
@@ -343,11 +343,11 @@ func (e *Engine) pauseOver() {
 		e.outcomeMu.Unlock()
 		if err != nil {
 			if !errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrClosed) {
-				e.log.Error("record pause", zap.String("subscription", id), zap.Error(err))
+				e.logger().Error("record pause", zap.String("subscription", id), zap.Error(err))
 			}
 			continue
 		}
-		e.log.Warn("subscription paused",
+		e.logger().Warn("subscription paused",
 			zap.String("subscription", id),
 			zap.Int("consecutive_failures", sub.ConsecutiveFailures),
 			zap.Int("pause_after", e.breakers.PauseAfter()),
@@ -358,6 +358,16 @@ func (e *Engine) pauseOver() {
 		}
 	}
 }
+
+// SetLogger replaces the logger (a config reload brings its own, with its
+// outputs and levels; the old one may be closed with its config).
+func (e *Engine) SetLogger(l *zap.Logger) {
+	if l != nil {
+		e.log.Store(l)
+	}
+}
+
+func (e *Engine) logger() *zap.Logger { return e.log.Load() }
 
 // Config returns the configuration in force.
 func (e *Engine) Config() Config {
@@ -452,7 +462,7 @@ func (e *Engine) Pause(ctx context.Context, id string) (queue.Subscription, erro
 	if err != nil {
 		return queue.Subscription{}, fmt.Errorf("pause subscription %s: %w", id, err)
 	}
-	e.log.Warn("subscription paused by hand",
+	e.logger().Warn("subscription paused by hand",
 		zap.String("subscription", id),
 		zap.Int("consecutive_failures", sub.ConsecutiveFailures),
 		zap.String("last_error", sub.LastError))

@@ -382,6 +382,22 @@ func TestLoweredPauseAfterPausesAtOnce(t *testing.T) {
 	}
 }
 
+// After a reload the engine logs through the new config's logger (its
+// outputs and levels), not the first one's.
+func TestSetLoggerAfterReload(t *testing.T) {
+	firstCore, first := observer.New(zap.WarnLevel)
+	h := newHarness(t, delivery.Config{PauseAfter: 1}, func(o *delivery.Options) { o.Logger = zap.New(firstCore) })
+	newCore, newer := observer.New(zap.WarnLevel)
+	h.eng.SetLogger(zap.New(newCore))
+	s := newSubscriber(t, status(500, "down"))
+	h.subscribe("sub_a", s.url())
+	h.emit("lead.created", `{}`)
+	h.waitPaused()
+	if newer.FilterMessage("subscription paused").Len() != 1 || first.Len() != 0 {
+		t.Fatalf("pause logged %d times by the new logger and %d by the first, want 1 and 0", newer.FilterMessage("subscription paused").Len(), first.Len())
+	}
+}
+
 // Restart at 7 failures: the count survives, and the 3rd failure after the
 // restart pauses. The pause survives the next restart.
 func TestCountAndPauseSurviveRestart(t *testing.T) {
