@@ -118,6 +118,11 @@ func TestAdminAPI(t *testing.T) {
 			expectErr(t, "POST", "/webhooks/subscriptions", c.body, 400, c.mention)
 		}
 
+		// A password in a refused url is not repeated back (nor logged).
+		if status, b, _ := h.admin("POST", "/webhooks/subscriptions", `{"url":"https://u:hunter2pw@example.com/x","events":["*"]}`); status != 400 || strings.Contains(string(b), "hunter2pw") || !strings.Contains(string(b), "credentials") {
+			t.Errorf("url with a password: %d %s, want 400 about credentials without the password", status, b)
+		}
+
 		// The body is JSON whatever the Content-Type says, when it says
 		// JSON in any spelling or is what `curl -d` sends; other types are
 		// refused by name.

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -23,7 +24,11 @@ func checkURL(dest policy.Destinations, raw string) error {
 		return fmt.Errorf("url: required")
 	}
 	if err := dest.CheckURL(raw); err != nil {
-		return fmt.Errorf("url %q: %w", raw, err)
+		shown := raw
+		if u, perr := url.Parse(raw); perr == nil {
+			shown = u.Redacted() // no password in errors or logs
+		}
+		return fmt.Errorf("url %q: %w", shown, err)
 	}
 	return nil
 }

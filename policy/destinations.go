@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -207,6 +208,18 @@ func (d Destinations) CheckURL(raw string) error {
 		return d.CheckAddr(addr)
 	}
 	name := strings.TrimSuffix(strings.ToLower(host), ".")
+	if addr, ok := parseLegacyIPv4(name); ok {
+		// 127.1, 2130706433, 0x7f.0.0.1: resolvers that follow inet_aton
+		// read these as addresses.
+		if err := d.CheckAddr(addr); err != nil {
+			var fe *ForbiddenError
+			if errors.As(err, &fe) {
+				fe.Host = host
+			}
+			return err
+		}
+		return nil
+	}
 	if name == "localhost" || strings.HasSuffix(name, ".localhost") {
 		// localhost resolves to loopback (RFC 6761); either family permitted
 		// is enough here, the dial-time check sees the one actually used.
@@ -221,4 +234,43 @@ func (d Destinations) CheckURL(raw string) error {
 		return err4
 	}
 	return nil
+}
+
+// parseLegacyIPv4 reads s the way inet_aton does: one to four numbers
+// separated by dots, each decimal, octal (leading 0) or hex (leading 0x),
+// the last one filling the remaining bytes ("127.1" is 127.0.0.1,
+// "2130706433" too).
+func parseLegacyIPv4(s string) (netip.Addr, bool) {
+	parts := strings.Split(s, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	vals := make([]uint64, len(parts))
+	for i, p := range parts {
+		base := 10
+		switch {
+		case strings.HasPrefix(p, "0x"):
+			p, base = p[2:], 16
+		case len(p) > 1 && p[0] == '0':
+			p, base = p[1:], 8
+		}
+		v, err := strconv.ParseUint(p, base, 32)
+		if err != nil || p == "" && base != 10 {
+			return netip.Addr{}, false
+		}
+		vals[i] = v
+	}
+	var n uint64
+	for i, v := range vals[:len(vals)-1] {
+		if v > 0xff {
+			return netip.Addr{}, false
+		}
+		n |= v << (24 - 8*i)
+	}
+	last := vals[len(vals)-1]
+	if last >= 1<<(8*(5-len(vals))) {
+		return netip.Addr{}, false
+	}
+	n |= last
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), true
 }

@@ -138,6 +138,20 @@ func TestCheckURL(t *testing.T) {
 		{"http://localhost:8080/", "127.0.0.0/8", nil, ""},
 		{"http://localhost:8080/", "::1/128", nil, ""},
 		{"http://[::1]/", "::1/128", nil, ""},
+		// Numbers a resolver following inet_aton reads as addresses.
+		{"http://127.1:9000/", "", ErrForbiddenDestination, "destination 127.1 (127.0.0.1) is in a forbidden range (loopback)"},
+		{"http://2130706433/", "", ErrForbiddenDestination, "loopback"},
+		{"http://0x7f.0.0.1/", "", ErrForbiddenDestination, "loopback"},
+		{"http://0177.0.0.1/", "", ErrForbiddenDestination, "loopback"},
+		{"http://0/", "", ErrForbiddenDestination, "unspecified"},
+		{"http://10.1/", "", ErrForbiddenDestination, "private"},
+		{"http://134744072/", "", nil, ""}, // 8.8.8.8
+		{"http://127.1/", "127.0.0.0/8", nil, ""},
+		{"http://cafe.be/", "", nil, ""},    // a name, not hex
+		{"http://1.2.3.4.5/", "", nil, ""},  // five parts: a name
+		{"http://08.1.2.3/", "", nil, ""},   // not octal: a name
+		{"http://1.2.3.256/", "", nil, ""},  // a byte too big: a name
+		{"http://4294967296/", "", nil, ""}, // over 32 bits: a name
 	}
 	for _, tc := range tests {
 		t.Run(tc.url, func(t *testing.T) {
