@@ -86,11 +86,7 @@ func storeError(what string, err error) error {
 func serveAdmin(w http.ResponseWriter, r *http.Request) error {
 	rest := strings.TrimPrefix(r.URL.Path, "/webhooks/")
 	if rest == "ui" || strings.HasPrefix(rest, "ui/") {
-		if rest == "ui" {
-			http.Redirect(w, r, "/webhooks/ui/", http.StatusMovedPermanently)
-			return nil
-		}
-		webui.Handler().ServeHTTP(w, r)
+		webui.Handler().ServeHTTP(w, r) // redirects /webhooks/ui, query kept
 		return nil
 	}
 	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")

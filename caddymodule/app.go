@@ -35,6 +35,11 @@ const (
 // rotatedSecretTTL is how long a replaced secret keeps signing.
 const rotatedSecretTTL = 24 * time.Hour
 
+// maxRotatedSecrets bounds the replaced secrets that still sign: each adds
+// a signature to every request, so rotating in a loop must not grow the
+// header without bound. Past it, the ones closest to expiry go first.
+const maxRotatedSecrets = 4
+
 // App is the `webhooks` Caddy app: it owns (through a UsagePool shared with
 // the app of the next or previous config) the store and the dispatcher of
 // one storage directory, and holds the catalog and settings the emit
@@ -443,7 +448,8 @@ func liveSecrets(secrets []queue.Secret, now time.Time) []queue.Secret {
 }
 
 // rotateSecrets puts fresh first; the current secret keeps signing for
-// rotatedSecretTTL; older rotated ones keep their own expiry.
+// rotatedSecretTTL; older rotated ones keep their own expiry, the newest
+// maxRotatedSecrets of them.
 func rotateSecrets(current []queue.Secret, fresh string, now time.Time) []queue.Secret {
 	out := []queue.Secret{{Value: fresh}}
 	for _, s := range liveSecrets(current, now) {
@@ -455,7 +461,9 @@ func rotateSecrets(current []queue.Secret, fresh string, now time.Time) []queue.
 		}
 		out = append(out, s)
 	}
-	return out
+	old := out[1:]
+	slices.SortStableFunc(old, func(a, b queue.Secret) int { return b.ExpiresAt.Compare(a.ExpiresAt) })
+	return out[:1+min(len(old), maxRotatedSecrets)]
 }
 
 func sameConfig(a, b queue.Subscription) bool {

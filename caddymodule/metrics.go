@@ -101,6 +101,11 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 // registerMetrics registers the collectors in a config's registry,
 // tolerating ones already there.
 func registerMetrics(reg *prometheus.Registry, a *App) error {
+	// Every outcome has a series from the start, so a scrape before the
+	// first attempt (or a rate over the first failures) sees 0, not nothing.
+	for _, o := range []string{"success", "failure", "error"} {
+		metrics.attempts.WithLabelValues(o)
+	}
 	for _, c := range []prometheus.Collector{metrics.accepted, metrics.attempts, metrics.attemptDuration, stateCollector{app: a}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

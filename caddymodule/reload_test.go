@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddy-webhooks/caddy-webhooks/delivery"
+	"github.com/caddy-webhooks/caddy-webhooks/queue"
 )
 
 // TestReloadWhileEmittingLosesNothing reloads the config repeatedly while
@@ -273,5 +274,25 @@ func TestStoragePathResolvesSymlinks(t *testing.T) {
 		if a.dir != want {
 			t.Errorf("storage %s: dir %s, want %s", storage, a.dir, want)
 		}
+	}
+}
+
+// Rotating in a loop keeps the new secret and the newest replaced ones
+// only, so the signature header stays bounded; each keeps its own expiry.
+func TestRotateSecretsBounded(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	secrets := []queue.Secret{{Value: "s0"}}
+	for i := 1; i <= 10; i++ {
+		secrets = rotateSecrets(secrets, fmt.Sprintf("s%d", i), now.Add(time.Duration(i)*time.Minute))
+	}
+	var got []string
+	for _, s := range secrets {
+		got = append(got, s.Value)
+	}
+	if strings.Join(got, " ") != "s10 s9 s8 s7 s6" {
+		t.Fatalf("after 10 rotations: %v, want the new one and the 4 newest replaced", got)
+	}
+	if !secrets[0].ExpiresAt.IsZero() || !secrets[1].ExpiresAt.Equal(now.Add(10*time.Minute+rotatedSecretTTL)) {
+		t.Fatalf("expiries %v %v", secrets[0].ExpiresAt, secrets[1].ExpiresAt)
 	}
 }

@@ -273,11 +273,12 @@ func ids(reqs []Request) []string {
 }
 
 // After the last retry a delivery is failed, kept, and can be redelivered.
+// The sidecar runs in a time zone other than UTC: the API still shows UTC.
 func TestRetriesExhausted(t *testing.T) {
 	cfg := NewConfig(t)
 	cfg.PauseAfter = 50
 	cfg.Retry = []time.Duration{20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond}
-	c := StartConfig(t, cfg)
+	c := StartConfig(t, cfg, "TZ=Asia/Kolkata")
 	admin := c.Admin()
 	sub := NewSubscriber(t)
 	sub.Respond(Response{Status: 500})
@@ -297,6 +298,16 @@ func TestRetriesExhausted(t *testing.T) {
 	}
 	if v := admin.Subscription(t, s.ID); v.ConsecutiveFailures != 4 || v.Pending != 0 {
 		t.Errorf("subscription %+v, want 4 consecutive failures and nothing pending", v)
+	}
+	// Times in RFC 3339 UTC; a failed delivery has no next attempt.
+	for _, path := range []string{"/webhooks/failures?subscription=" + s.ID, "/webhooks/events/" + e.ID} {
+		body := string(admin.Get(t, path).Body)
+		if strings.Contains(body, "+05:30") || !strings.Contains(body, `Z"`) {
+			t.Errorf("GET %s with TZ=Asia/Kolkata: times not in UTC: %.300s", path, body)
+		}
+		if strings.Contains(body, "next_attempt") {
+			t.Errorf("GET %s: a failed delivery shows next_attempt: %.300s", path, body)
+		}
 	}
 
 	sub.Respond(Response{Status: 200})

@@ -17,6 +17,13 @@ func TestMetrics(t *testing.T) {
 	cfg := NewConfig(t)
 	c := StartConfig(t, cfg)
 	admin := c.Admin()
+	// Before any attempt every outcome has its series, at 0.
+	first := admin.Metrics(t)
+	for _, o := range []string{"success", "failure", "error"} {
+		if v, found := first.Sum("caddy_webhooks_attempts_total", `outcome="`+o+`"`); !found || v != 0 {
+			t.Errorf("before any attempt: attempts_total{outcome=%q} = %v (found %v), want 0", o, v, found)
+		}
+	}
 	good, bad := NewSubscriber(t), NewSubscriber(t)
 	bad.Respond(Response{Status: 500, Body: "no"})
 	admin.Subscribe(t, Subscribe{URL: good.URL, Events: []string{"lead.created"}})

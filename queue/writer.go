@@ -216,6 +216,7 @@ func (b *batch) logFailure(f FailureEntry) error {
 	if f.Time.IsZero() {
 		f.Time = b.now
 	}
+	f.Time = f.Time.UTC() // shown as stored: RFC 3339 UTC
 	v, err := json.Marshal(f)
 	if err != nil {
 		return fmt.Errorf("encode failure entry: %w", err)

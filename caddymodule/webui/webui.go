@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"mime"
@@ -99,8 +100,12 @@ func load() (map[string]*file, error) {
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// JSON like every other error of the admin API.
 		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, http.StatusText(http.StatusMethodNotAllowed), http.StatusMethodNotAllowed)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		msg, _ := json.Marshal(map[string]string{"error": "method " + r.Method + " not allowed on the page: use GET"})
+		w.Write(append(msg, '\n'))
 		return
 	}
 	if r.URL.Path == strings.TrimSuffix(Prefix, "/") {

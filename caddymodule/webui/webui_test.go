@@ -1,6 +1,7 @@
 package webui
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -101,8 +102,14 @@ func TestHandlerRejects(t *testing.T) {
 			if res.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
 			}
-			if tc.status == http.StatusMethodNotAllowed && res.Header.Get("Allow") != "GET, HEAD" {
-				t.Errorf("Allow = %q, want GET, HEAD", res.Header.Get("Allow"))
+			if tc.status == http.StatusMethodNotAllowed {
+				if res.Header.Get("Allow") != "GET, HEAD" {
+					t.Errorf("Allow = %q, want GET, HEAD", res.Header.Get("Allow"))
+				}
+				var e struct{ Error string }
+				if json.NewDecoder(res.Body).Decode(&e) != nil || !strings.Contains(e.Error, tc.method) {
+					t.Errorf("405 body is not a JSON error naming %s", tc.method)
+				}
 			}
 		})
 	}
@@ -115,6 +122,10 @@ func TestHandlerRedirectsToSlash(t *testing.T) {
 	}
 	if loc := res.Header.Get("Location"); loc != "/webhooks/ui/" {
 		t.Fatalf("Location = %q, want /webhooks/ui/", loc)
+	}
+	res = serve(t, http.MethodGet, "/webhooks/ui?sub=crm", nil)
+	if loc := res.Header.Get("Location"); loc != "/webhooks/ui/?sub=crm" {
+		t.Fatalf("Location = %q, want the query kept", loc)
 	}
 }
 
