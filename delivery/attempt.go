@@ -24,7 +24,6 @@ import (
 // the store (complete, reschedule or fail, with the failure-log entry and
 // the subscription's new count), the hooks, the log and the span.
 func (e *Engine) deliver(t task) {
-	defer t.turn.done()
 	rt := e.rt.Load()
 	attemptNo := t.job.Attempts + 1
 
@@ -59,7 +58,7 @@ func (e *Engine) deliver(t task) {
 		o = outcome{start: e.clock.Now(), err: loadErr, kind: kindEvent, text: loadErr.Error()}
 	} else {
 		body := envelope(ev.ID, ev.Type, ev.Time, ev.Data)
-		o = e.post(ctx, rt.client, t.sub, message{id: ev.ID, typ: ev.Type, body: body}, t.turn)
+		o = e.post(ctx, rt.client, t.sub, message{id: ev.ID, typ: ev.Type, body: body}, t.start)
 	}
 	if e.runCtx.Err() != nil && errors.Is(o.err, context.Canceled) {
 		// Cancelled by Stop after the grace: not the subscriber's fault.
@@ -211,7 +210,7 @@ func (e *Engine) Test(ctx context.Context, id string) (TestResult, error) {
 			attrSpanTestEvent.Bool(true),
 		))
 	defer span.End()
-	o := e.post(ctx, rt.client, sub, message{id: evID, typ: testEventType, body: body}, nil)
+	o := e.post(ctx, rt.client, sub, message{id: evID, typ: testEventType, body: body}, time.Time{})
 	if o.status > 0 {
 		span.SetAttributes(attrStatus.Int(o.status))
 	}

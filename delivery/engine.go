@@ -163,12 +163,12 @@ type task struct {
 	sub    queue.Subscription
 	ticket policy.Ticket
 	lane   *lane
-	turn   *turn
+	start  time.Time // the attempt's time, read in lane order by bind
 }
 
 // bind takes the task's job from its lane, on the worker that runs it.
 func (t task) bind(now func() time.Time) task {
-	t.job, t.turn = t.lane.bind(now)
+	t.job, t.start = t.lane.bind(now)
 	return t
 }
 

@@ -108,12 +108,12 @@ func (o outcome) success() bool { return o.err == nil && o.status >= 200 && o.st
 
 // post sends msg to sub once, signed with its secrets valid at the attempt
 // time, and reads at most 4 KiB of the answer. ctx carries the attempt span
-// (injected as traceparent) and the cancellation of the engine. The request
-// is written in its turn of the subscription's lane (nil: at once).
-func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, msg message, turn *turn) outcome {
-	o := outcome{start: e.clock.Now()}
-	if turn != nil {
-		o.start = turn.start
+// (injected as traceparent) and the cancellation of the engine. start is
+// the attempt's time (zero: now).
+func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, msg message, start time.Time) outcome {
+	o := outcome{start: start}
+	if o.start.IsZero() {
+		o.start = e.clock.Now()
 	}
 	real := time.Now() // durations are measured, not scheduled: real time
 
@@ -126,7 +126,6 @@ func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, ms
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	ctx = turn.trace(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sub.URL, bytes.NewReader(msg.body))
 	if err != nil {
 		o.err = fmt.Errorf("build request to %s: %w", sub.URL, err)
