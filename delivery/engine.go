@@ -230,7 +230,10 @@ func (e *Engine) newRuntime(cfg Config) *runtime {
 
 // Start begins taking and sending work. Its goroutines stop in Stop.
 func (e *Engine) Start() {
-	e.pauseOver()
+	e.outcomeMu.Lock()
+	paused := e.recordPausesLocked(e.breakers.PauseOver())
+	e.outcomeMu.Unlock()
+	e.reportPauses(paused)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.started || e.stopped {
@@ -321,8 +324,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 func (e *Engine) Update(cfg Config) {
 	cfg = cfg.withDefaults()
 	old := e.rt.Swap(e.newRuntime(cfg))
-	e.breakers.SetPauseAfter(cfg.PauseAfter)
-	e.pauseOver()
+	e.outcomeMu.Lock()
+	paused := e.recordPausesLocked(e.breakers.SetPauseAfter(cfg.PauseAfter))
+	e.outcomeMu.Unlock()
+	e.reportPauses(paused)
 	old.client.closeIdle()
 	e.mu.Lock()
 	if e.started && !e.stopped {
@@ -332,23 +337,32 @@ func (e *Engine) Update(cfg Config) {
 	e.Kick()
 }
 
-// pauseOver pauses every active subscription whose count has reached
-// pause_after (it was lowered by a reload, or the store was opened with a
-// lower one), as its last failure would have: recorded, logged at WARN,
-// reported to the Paused hook.
-func (e *Engine) pauseOver() {
-	for _, id := range e.breakers.PauseOver() {
-		e.outcomeMu.Lock()
+// recordPausesLocked records the pauses of subscriptions whose count had
+// reached pause_after (it was lowered by a reload, or the store was opened
+// with a lower one), as their last failure would have, and returns them.
+// Caller holds outcomeMu from the breakers' pause on, so no activate can
+// come between the two and be overwritten.
+func (e *Engine) recordPausesLocked(ids []string) []queue.Subscription {
+	var out []queue.Subscription
+	for _, id := range ids {
 		sub, err := e.store.SetState(context.Background(), id, queue.StatePaused, e.breakers.Failures(id))
-		e.outcomeMu.Unlock()
 		if err != nil {
 			if !errors.Is(err, queue.ErrNotFound) && !errors.Is(err, queue.ErrClosed) {
 				e.logger().Error("record pause", zap.String("subscription", id), zap.Error(err))
 			}
 			continue
 		}
+		out = append(out, sub)
+	}
+	return out
+}
+
+// reportPauses logs the pauses of recordPausesLocked at WARN and reports
+// them to the Paused hook.
+func (e *Engine) reportPauses(subs []queue.Subscription) {
+	for _, sub := range subs {
 		e.logger().Warn("subscription paused",
-			zap.String("subscription", id),
+			zap.String("subscription", sub.ID),
 			zap.Int("consecutive_failures", sub.ConsecutiveFailures),
 			zap.Int("pause_after", e.breakers.PauseAfter()),
 			zap.String("reason", "its count had reached pause_after"),

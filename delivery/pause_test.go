@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -379,6 +380,43 @@ func TestLoweredPauseAfterPausesAtOnce(t *testing.T) {
 	h.quiesce()
 	if n := s.count(); n != before {
 		t.Fatalf("subscriber received %d more attempts after the pauses, want none", n-before)
+	}
+}
+
+// A reload that lowers pause_after while an administrator activates the
+// subscriptions it pauses: whichever comes first, the activate's state
+// stands or the pause does with its count; never a pause stored over an
+// activate (paused with a count of 0 while the breaker is active).
+func TestLoweredPauseAfterRacingActivate(t *testing.T) {
+	h := newHarness(t, delivery.Config{}, func(o *delivery.Options) { o.Hooks.Paused = nil })
+	const n = 40
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sub_%02d", i)
+		h.subscribe(ids[i], "http://127.0.0.1:9/never", func(q *queue.Subscription) { q.ConsecutiveFailures = 6 })
+	}
+	cfg := h.eng.Config()
+	cfg.PauseAfter = 5
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h.eng.Update(cfg)
+	}()
+	for _, id := range ids {
+		if _, err := h.eng.Activate(context.Background(), id, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	for _, id := range ids {
+		sub := h.sub(id)
+		switch {
+		case sub.State == queue.StatePaused && sub.ConsecutiveFailures != 6:
+			t.Fatalf("%s stored paused with %d failures: a pause written over an activate", id, sub.ConsecutiveFailures)
+		case sub.State == queue.StateActive && sub.ConsecutiveFailures != 0:
+			t.Fatalf("%s stored active with %d failures", id, sub.ConsecutiveFailures)
+		}
 	}
 }
 

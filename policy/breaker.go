@@ -39,8 +39,8 @@ type Breakers struct {
 // subBreaker is one subscription's state.
 type subBreaker struct {
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
-	// gen changes at every Load/Reset; tickets of an older gen only give
-	// back their in-flight slot.
+	// gen changes at every Load/Reset; the outcome of a ticket of an older
+	// gen is reported to the breaker in force (see Finish).
 	gen      uint64
 	failures int
 	paused   bool
@@ -88,21 +88,31 @@ func NewBreakers(pauseAfter int, clock Clock) *Breakers {
 	return b
 }
 
-// SetPauseAfter changes the threshold (config reload); it applies to every
-// subscription from the next outcome on. n < 1 means DefaultPauseAfter.
-func (b *Breakers) SetPauseAfter(n int) {
+// SetPauseAfter changes the threshold (config reload). n < 1 means
+// DefaultPauseAfter. In the same step it pauses every active subscription
+// whose count has reached the new threshold, so no attempt starts in
+// between, and returns their ids, sorted: each pause needs recording like
+// a trip.
+func (b *Breakers) SetPauseAfter(n int) []string {
 	if n < 1 {
 		n = DefaultPauseAfter
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.pauseAfter.Store(int64(n))
+	return b.pauseOverLocked()
 }
 
 // PauseOver pauses every active subscription whose count has reached the
-// threshold (it was lowered, or a count was loaded at or above it) and
-// returns their ids, sorted: each needs its pause recorded like a trip.
+// threshold (a count loaded at or above it) and returns their ids, sorted:
+// each needs its pause recorded like a trip.
 func (b *Breakers) PauseOver() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.pauseOverLocked()
+}
+
+func (b *Breakers) pauseOverLocked() []string {
 	n := b.pauseAfter.Load()
 	var ids []string
 	for id, s := range b.subs {

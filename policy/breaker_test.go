@@ -297,9 +297,8 @@ func TestBreakerPauseOver(t *testing.T) {
 	if ids := b.PauseOver(); len(ids) != 0 {
 		t.Fatalf("PauseOver at 10 paused %v", ids)
 	}
-	b.SetPauseAfter(5)
-	if ids := b.PauseOver(); !slices.Equal(ids, []string{"s"}) {
-		t.Fatalf("PauseOver at 5 paused %v, want [s]", ids)
+	if ids := b.SetPauseAfter(5); !slices.Equal(ids, []string{"s"}) {
+		t.Fatalf("SetPauseAfter(5) paused %v, want [s]", ids)
 	}
 	if !b.Paused("s") || b.Failures("s") != 7 || b.Paused("under") {
 		t.Fatalf("s paused=%v with %d failures; under paused=%v", b.Paused("s"), b.Failures("s"), b.Paused("under"))
@@ -310,6 +309,11 @@ func TestBreakerPauseOver(t *testing.T) {
 	if ids := b.PauseOver(); len(ids) != 0 {
 		t.Fatalf("a second PauseOver paused %v", ids)
 	}
+	// A count loaded at the threshold: PauseOver pauses it.
+	b.Load("loaded", 5, false)
+	if ids := b.PauseOver(); !slices.Equal(ids, []string{"loaded"}) || !b.Paused("loaded") {
+		t.Fatalf("PauseOver after loading 5 at pause_after 5 paused %v", ids)
+	}
 }
 
 func TestBreakerSetPauseAfter(t *testing.T) {
@@ -317,11 +321,15 @@ func TestBreakerSetPauseAfter(t *testing.T) {
 	for range 7 {
 		attempt(t, b, "s", false, false)
 	}
-	b.SetPauseAfter(5)
-	// Over the new threshold with nothing in flight: one attempt may go, and
-	// its failure pauses.
-	if r := attempt(t, b, "s", false, false); !r.Tripped || r.ConsecutiveFailures != 8 {
-		t.Fatalf("after lowering to 5: %+v", r)
+	if ids := b.SetPauseAfter(5); !slices.Equal(ids, []string{"s"}) || !b.Paused("s") {
+		t.Fatalf("lowering to 5 with 7 failures paused %v", ids)
+	}
+	// A count over the threshold that nothing paused (loaded without
+	// PauseOver): with nothing in flight one attempt may go, so the
+	// subscription does not hang, and its failure pauses.
+	b.Load("late", 7, false)
+	if r := attempt(t, b, "late", false, false); !r.Tripped || r.ConsecutiveFailures != 8 {
+		t.Fatalf("loaded over the threshold: %+v", r)
 	}
 	b.SetPauseAfter(0)
 	if b.PauseAfter() != DefaultPauseAfter {
