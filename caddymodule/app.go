@@ -316,6 +316,12 @@ func (a *App) Start() error {
 		rt.engine.Update(a.cfg)
 	}
 	if err := a.applySubscriptions(rt); err != nil {
+		// Caddy does not Stop an app whose Start failed: give the engine
+		// back to the config that keeps running, as Stop would.
+		if next := newestAppFor(a.dir); loaded && next != nil {
+			rt.engine.SetLogger(next.logger)
+			rt.engine.Update(next.cfg)
+		}
 		if _, derr := pool.Delete(a.dir); derr != nil {
 			a.logger.Error("releasing webhooks storage", zap.Error(derr))
 		}

@@ -222,3 +222,18 @@ func TestCaddyfileMinFreeOff(t *testing.T) {
 		t.Fatalf("setup: %v", err)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"https://u:pw@example.com/x":  "https://u:xxxxx@example.com/x",
+		"https://u:pw@example.com:x/": "https://u:xxxxx@example.com:x/",
+		"https://u:p@w@exa mple.com":  "https://u:xxxxx@exa mple.com",
+		"https://u@example.com:x/":    "https://u@example.com:x/",
+		"https://example.com:x/a@b":   "https://example.com:x/a@b",
+		"not a url":                   "not a url",
+	} {
+		if got := redactURL(raw); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}

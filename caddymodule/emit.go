@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,8 +44,9 @@ type EmitHandler struct {
 	// MaxBody is the largest accepted body in bytes. Default 256 KiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	app    *App
-	logger *zap.Logger
+	app         *App
+	logger      *zap.Logger
+	unavailable logEvery // 503 lines: one per 10 s
 }
 
 // CaddyModule returns the Caddy module information.
@@ -246,7 +249,12 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 			if errors.Is(err, queue.ErrFull) {
 				msg = "storage full: nothing was stored, retry later"
 			}
-			h.logger.Error("storing event: "+msg[:strings.IndexByte(msg, ':')], zap.String("event_id", ev.ID), zap.Error(err))
+			// A full disk refuses every emit, on what is often the disk of
+			// the logs too: one line per interval, with the count.
+			if n, ok := h.unavailable.note(time.Now()); ok {
+				h.logger.Error("storing event: "+msg[:strings.IndexByte(msg, ':')],
+					zap.String("event_id", ev.ID), zap.Int64("refused_since_last_line", n), zap.Error(err))
+			}
 			(&emitError{status: http.StatusServiceUnavailable, msg: msg}).write(w)
 			return nil
 		}
@@ -382,3 +390,25 @@ var (
 	_ caddy.Provisioner           = (*EmitHandler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*EmitHandler)(nil)
 )
+
+// logEvery lets a repeated error through once per interval (10 s) and
+// counts the ones held back.
+type logEvery struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int64
+}
+
+// note reports whether to log now, and how many occurrences that line
+// stands for.
+func (l *logEvery) note(now time.Time) (int64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.skipped++
+	if !l.last.IsZero() && now.Sub(l.last) < 10*time.Second {
+		return 0, false
+	}
+	n := l.skipped
+	l.last, l.skipped = now, 0
+	return n, true
+}

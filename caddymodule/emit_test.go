@@ -280,3 +280,21 @@ func TestReadBody(t *testing.T) {
 		})
 	}
 }
+
+// The 503 line of a full disk is logged once per 10 s, with the count of
+// the refusals it stands for.
+func TestLogEvery(t *testing.T) {
+	var l logEvery
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if n, ok := l.note(t0); !ok || n != 1 {
+		t.Fatalf("first: %d %v", n, ok)
+	}
+	for i := 1; i <= 5; i++ {
+		if _, ok := l.note(t0.Add(time.Duration(i) * time.Second)); ok {
+			t.Fatalf("logged again %d s later", i)
+		}
+	}
+	if n, ok := l.note(t0.Add(10 * time.Second)); !ok || n != 6 {
+		t.Fatalf("after 10 s: %d %v, want the line for 6", n, ok)
+	}
+}

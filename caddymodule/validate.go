@@ -24,13 +24,37 @@ func checkURL(dest policy.Destinations, raw string) error {
 		return fmt.Errorf("url: required")
 	}
 	if err := dest.CheckURL(raw); err != nil {
-		shown := raw
-		if u, perr := url.Parse(raw); perr == nil {
-			shown = u.Redacted() // no password in errors or logs
-		}
-		return fmt.Errorf("url %q: %w", shown, err)
+		return fmt.Errorf("url %q: %w", redactURL(raw), err)
 	}
 	return nil
+}
+
+// redactURL hides the password of raw, also when raw does not parse, so
+// it appears in no error or log.
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		if _, has := u.User.Password(); has {
+			return u.Redacted()
+		}
+		return raw
+	}
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndexByte(rest[:end], '@')
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return raw
+	}
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }
 
 // reservedHeader reports whether a subscription may not set header name:

@@ -55,7 +55,7 @@ func (e *Engine) deliver(t task) {
 	if loadErr != nil {
 		// A live delivery whose event cannot be read: counted as a failed
 		// attempt so it follows the schedule instead of spinning.
-		o = outcome{start: e.clock.Now(), err: loadErr, kind: kindEvent, text: loadErr.Error()}
+		o = outcome{start: t.start, err: loadErr, kind: kindEvent, text: loadErr.Error()}
 	} else {
 		body := envelope(ev.ID, ev.Type, ev.Time, ev.Data)
 		o = e.post(ctx, rt.client, t.sub, message{id: ev.ID, typ: ev.Type, body: body}, t.start)

@@ -53,6 +53,14 @@ func (e *Engine) dispatch() {
 		return
 	}
 	now := e.clock.Now()
+	if e.store.LowOnSpace() {
+		// Every attempt writes its outcome (and a failure its log entry):
+		// with the disk nearly full they wait, looked at again each second.
+		e.noteSpace(true)
+		e.noteDue(now.Add(spaceRecheck))
+		return
+	}
+	e.noteSpace(false)
 
 	e.mu.Lock()
 	free := rt.cfg.Workers - e.busy
@@ -126,6 +134,24 @@ func (e *Engine) dispatch() {
 	e.noteDue(earliest)
 }
 
+// spaceRecheck is how often a dispatcher held back by a nearly full disk
+// looks again.
+const spaceRecheck = time.Second
+
+// noteSpace logs when the dispatcher stops for a nearly full disk and when
+// it goes on. Caller holds passMu.
+func (e *Engine) noteSpace(low bool) {
+	if low == e.spaceLow {
+		return
+	}
+	e.spaceLow = low
+	if low {
+		e.logger().Warn("delivery held back: the storage filesystem is nearly full; attempts start again once space is freed")
+	} else {
+		e.logger().Info("delivery goes on: space was freed on the storage filesystem")
+	}
+}
+
 // prefetchJobs asks the prefetcher to read the events of jobs just taken
 // ahead into the store's event cache; when it is behind, they are left to
 // the attempts.
@@ -174,6 +200,9 @@ func (e *Engine) continueWith(subID string) (task, bool) {
 		return task{}, false
 	}
 	defer e.passMu.Unlock()
+	if e.store.LowOnSpace() {
+		return task{}, false // the scheduler holds delivery back
+	}
 	ready := e.ready[subID]
 	if len(ready) == 0 {
 		return task{}, false

@@ -69,7 +69,8 @@ type Hooks struct {
 	// "failure" or "error" (no HTTP response).
 	Attempt func(subID, outcome string, d time.Duration)
 	// Paused is called once when a subscription gets paused by its
-	// breaker (or a 410), with the last error.
+	// breaker (pause_after failures, a 410, or a pause_after lowered below
+	// its count), with the last error. Not for a pause by hand.
 	Paused func(sub queue.Subscription, lastError string)
 	// Activated is called after Activate.
 	Activated func(sub queue.Subscription)
@@ -135,6 +136,8 @@ type Engine struct {
 	passMu sync.Mutex
 	ready  map[string][]queue.Job // taken, due, not started yet, per subscription
 	lanes  map[string]*lane       // per subscription
+	// spaceLow: the last pass found the disk nearly full (see noteSpace).
+	spaceLow bool
 
 	// outcomeMu orders breaker outcomes and their store updates, so the
 	// count persisted last is the breaker's latest one, and keeps admin

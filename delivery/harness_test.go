@@ -56,6 +56,8 @@ type harness struct {
 	paused   chan queue.Subscription
 	seq      atomic.Int64
 	stopped  bool
+	// storeOpts adjusts the store's options at every open.
+	storeOpts func(*queue.Options)
 }
 
 // newHarness opens a store in a fresh directory and starts an engine on it.
@@ -96,7 +98,11 @@ func newHarness(t testing.TB, cfg delivery.Config, tweak ...func(*delivery.Optio
 // open opens the store and starts a new engine over it.
 func (h *harness) open() {
 	h.t.Helper()
-	st, err := queue.Open(queue.Options{Dir: h.dir, Now: h.clock.Now, SmallMemory: true})
+	qo := queue.Options{Dir: h.dir, Now: h.clock.Now, SmallMemory: true}
+	if h.storeOpts != nil {
+		h.storeOpts(&qo)
+	}
+	st, err := queue.Open(qo)
 	if err != nil {
 		h.t.Fatalf("open store: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,10 +161,9 @@ func TestGonePausesAtOnce(t *testing.T) {
 
 // Activate with the default max_in_flight: the held deliveries go out in
 // parallel, and their attempts start oldest first (the attempt times the
-// API shows are in event order). Their requests are written in that order
-// too, but parallel requests can still reach the subscriber's handler a
-// little out of order; TestActivateReleasesOldestFirst has strict arrival
-// with max_in_flight 1.
+// API shows are in event order). Parallel requests can reach the
+// subscriber's handler a little out of order; TestActivateReleasesOldestFirst
+// has strict arrival with max_in_flight 1.
 func TestActivateReleasesOldestFirstInParallel(t *testing.T) {
 	h := newHarness(t, delivery.Config{MaxInFlight: 8, PauseAfter: 10}, func(o *delivery.Options) {
 		o.Clock = policy.SystemClock{} // attempt times that tell the order
@@ -509,4 +509,45 @@ func TestInFlightAtCrashIsSentAgain(t *testing.T) {
 	if sub := h.sub("sub_a"); sub.ConsecutiveFailures != 0 {
 		t.Fatalf("count %d, want 0", sub.ConsecutiveFailures)
 	}
+}
+
+// With less than half of min_free free on the storage filesystem, no
+// attempt starts (each writes its outcome, a failure its log entry): the
+// released deliveries wait, looked at again each second, and go out once
+// space is freed.
+func TestNearlyFullDiskHoldsDelivery(t *testing.T) {
+	h := newHarness(t, delivery.Config{})
+	var free atomic.Int64
+	free.Store(1 << 40)
+	h.storeOpts = func(o *queue.Options) {
+		o.MinFree = 64 << 20
+		o.FreeSpace = func(string) (int64, error) { return free.Load(), nil }
+	}
+	h.restart()
+	s := newSubscriber(t, nil)
+	h.subscribe("sub_a", s.url())
+	ctx := context.Background()
+	if _, err := h.eng.Pause(ctx, "sub_a"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		h.emit("lead.created", `{}`)
+	}
+	free.Store(16 << 20)
+	h.clock.Advance(time.Second) // the last reading is too old to trust
+	if _, err := h.eng.Activate(ctx, "sub_a", false); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // each pass finds the disk nearly full and sets its timer
+		if d := h.advanceNext(); d != time.Second {
+			t.Fatalf("the held-back dispatcher looks again after %v, want 1s", d)
+		}
+	}
+	if n := s.count(); n != 0 {
+		t.Fatalf("%d attempts started with the disk nearly full, want 0", n)
+	}
+	free.Store(1 << 40)
+	h.clock.Advance(time.Second) // fires the pass's timer, if it set one yet
+	h.eng.Kick()
+	s.waitRequests(t, 3)
 }

@@ -107,7 +107,8 @@ type outcome struct {
 func (o outcome) success() bool { return o.err == nil && o.status >= 200 && o.status < 300 }
 
 // post sends msg to sub once, signed with its secrets valid at the attempt
-// time, and reads at most 4 KiB of the answer. ctx carries the attempt span
+// time, and keeps at most 4 KiB of the answer (a 2xx is read to its end,
+// within the timeout, the rest discarded). ctx carries the attempt span
 // (injected as traceparent) and the cancellation of the engine. start is
 // the attempt's time (zero: now).
 func (e *Engine) post(ctx context.Context, c *client, sub queue.Subscription, msg message, start time.Time) outcome {

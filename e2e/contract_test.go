@@ -275,6 +275,9 @@ func ids(reqs []Request) []string {
 // After the last retry a delivery is failed, kept, and can be redelivered.
 // The sidecar runs in a time zone other than UTC: the API still shows UTC.
 func TestRetriesExhausted(t *testing.T) {
+	if _, err := time.LoadLocation("Asia/Kolkata"); err != nil {
+		t.Fatalf("no time zone data here (%v): the sidecar would run in UTC and the check below could not fail", err)
+	}
 	cfg := NewConfig(t)
 	cfg.PauseAfter = 50
 	cfg.Retry = []time.Duration{20 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond}

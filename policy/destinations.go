@@ -192,6 +192,12 @@ func (d Destinations) Control(network, address string, _ syscall.RawConn) error 
 func (d Destinations) CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
+		// url.Error quotes the whole url, password included: keep its
+		// reason only.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%w: %w", ErrInvalidURL, err)
 	}
 	if s := strings.ToLower(u.Scheme); s != "http" && s != "https" {

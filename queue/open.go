@@ -131,7 +131,7 @@ func open(opts Options) (*store, error) {
 	if opts.gcInterval <= 0 {
 		opts.gcInterval = defaultGCInterval
 	}
-	space := newSpaceGuard(opts.Dir, opts.MinFree, opts.statfs, opts.Now)
+	space := newSpaceGuard(opts.Dir, opts.MinFree, opts.FreeSpace, opts.Now)
 	if err := space.checkOpen(); err != nil {
 		return nil, fmt.Errorf("open queue in %s: %w", opts.Dir, err)
 	}
@@ -502,8 +502,9 @@ func (s *store) janitor() {
 				s.opts.Logger.Warn("queue garbage collection", zap.Error(err))
 			}
 			// Only payloads over the value threshold live in the value log.
+			// A run rewrites up to half a file: not with the disk nearly full.
 			moved := false
-			for i := 0; i < 4; i++ {
+			for i := 0; i < 4 && !s.space.low(); i++ {
 				if s.isClosed() || s.db.RunValueLogGC(0.5) != nil {
 					break
 				}

@@ -315,3 +315,28 @@ func binaryTimeKey(prefix []byte, t time.Time) []byte {
 	k := append([]byte(nil), prefix...)
 	return appendTime(k, t)
 }
+
+// idemResult returns the first result stored under an Idempotency-Key
+// that has not expired, marked Duplicate.
+func (s *store) idemResult(key string) (EnqueueResult, bool) {
+	if key == "" {
+		return EnqueueResult{}, false
+	}
+	var res EnqueueResult
+	found := false
+	_ = s.view(func(txn *badger.Txn) error {
+		item, err := txn.Get(idemKey(key))
+		if err != nil {
+			return nil
+		}
+		return item.Value(func(v []byte) error {
+			r, exp, err := decodeIdem(v)
+			if err == nil && exp.After(s.now()) {
+				res, found = r, true
+				res.Duplicate = true
+			}
+			return nil
+		})
+	})
+	return res, found
+}

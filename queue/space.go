@@ -17,7 +17,10 @@ import (
 // store stops accepting events while less than this is free, and leaves it
 // to what must still be written: outcomes, memtable flushes, compactions
 // (a few memtables' worth with the options of badgerOptions) and value-log
-// GC (up to half a 128 MiB file).
+// GC (up to half a 128 MiB file). Below half of it (LowOnSpace) value-log
+// GC stops and the dispatcher starts no attempt, whose outcome records and
+// failure-log entries (up to 4 KiB of response body each) would go on
+// filling the disk.
 const DefaultMinFree = 64 << 20
 
 // minFreeToOpen is what Open needs free at least: opening replays and
@@ -77,6 +80,26 @@ func (g *spaceGuard) admit(n int64) error {
 	}
 	g.free -= n
 	return nil
+}
+
+// low reports whether less than half the minimum is free (by a reading at
+// most spaceRecheck old): the writes that are not refused (outcomes, the
+// failure log, value-log GC) must stop too before the disk is full.
+func (g *spaceGuard) low() bool {
+	if g.min < 0 {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	if now.Sub(g.at) > spaceRecheck || now.Before(g.at) {
+		free, err := g.statfs(g.dir)
+		if err != nil {
+			return false
+		}
+		g.free, g.at = free, now
+	}
+	return g.free < g.min/2
 }
 
 // checkOpen refuses to open a store with almost no space left, where

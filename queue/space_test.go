@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -20,7 +21,7 @@ func TestEnqueueRefusedWhileTheDiskIsFull(t *testing.T) {
 	clock := newClock()
 	s := openTest(t, clock, func(o *Options) {
 		o.MinFree = 64 << 20
-		o.statfs = func(string) (int64, error) { readings.Add(1); return free.Load(), nil }
+		o.FreeSpace = func(string) (int64, error) { readings.Add(1); return free.Load(), nil }
 	})
 	mustSub(t, s, "sub_a")
 	mustEnqueue(t, s, "evt_before", "sub_a")
@@ -66,12 +67,12 @@ func TestEnqueueRefusedWhileTheDiskIsFull(t *testing.T) {
 // Open refuses a store on a filesystem with almost nothing free, instead
 // of letting Badger's first writes fault.
 func TestOpenRefusedOnAFullDisk(t *testing.T) {
-	_, err := Open(Options{Dir: t.TempDir(), SmallMemory: true, statfs: func(string) (int64, error) { return 1 << 20, nil }})
+	_, err := Open(Options{Dir: t.TempDir(), SmallMemory: true, FreeSpace: func(string) (int64, error) { return 1 << 20, nil }})
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "storage full") {
 		t.Fatalf("open with 1 MiB free: %v, want ErrUnavailable (storage full)", err)
 	}
 	// No check when asked for none.
-	s, err := Open(Options{Dir: t.TempDir(), SmallMemory: true, MinFree: -1, statfs: func(string) (int64, error) { return 0, nil }})
+	s, err := Open(Options{Dir: t.TempDir(), SmallMemory: true, MinFree: -1, FreeSpace: func(string) (int64, error) { return 0, nil }})
 	if err != nil {
 		t.Fatalf("open with MinFree -1: %v", err)
 	}
@@ -86,5 +87,61 @@ func TestFreeSpaceReadsTheFilesystem(t *testing.T) {
 	}
 	if err != nil || n <= 0 {
 		t.Fatalf("freeSpace: %d %v", n, err)
+	}
+}
+
+// A repeat of an event already stored (same Idempotency-Key) is answered
+// with the first result on a full disk: it needs no space.
+func TestIdempotentRepeatOnAFullDisk(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 30)
+	clock := newClock()
+	s := openTest(t, clock, func(o *Options) {
+		o.MinFree = 64 << 20
+		o.FreeSpace = func(string) (int64, error) { return free.Load(), nil }
+	})
+	mustSub(t, s, "sub_a")
+	first, err := s.Enqueue(context.Background(), Event{ID: "evt_1", Type: "lead.created", Data: payload(1)}, []string{"sub_a"}, "key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free.Store(1 << 20)
+	clock.Add(time.Second)
+	again, err := s.Enqueue(context.Background(), Event{ID: "evt_2", Type: "lead.created", Data: payload(2)}, []string{"sub_a"}, "key-1")
+	if err != nil || !again.Duplicate || again.ID != first.ID || again.Deliveries != first.Deliveries {
+		t.Fatalf("repeat on a full disk: %+v %v, want the first result (%+v) marked duplicate", again, err, first)
+	}
+	if _, err := s.Enqueue(context.Background(), Event{ID: "evt_3", Type: "lead.created", Data: payload(3)}, []string{"sub_a"}, "key-2"); !errors.Is(err, ErrFull) {
+		t.Fatalf("a new key on a full disk: %v, want ErrFull", err)
+	}
+}
+
+// LowOnSpace: under half of MinFree (the writes that are not refused must
+// stop too), by a reading at most 100 ms old.
+func TestLowOnSpace(t *testing.T) {
+	var free atomic.Int64
+	free.Store(40 << 20)
+	clock := newClock()
+	s := openTest(t, clock, func(o *Options) {
+		o.MinFree = 64 << 20
+		o.FreeSpace = func(string) (int64, error) { return free.Load(), nil }
+	})
+	if s.LowOnSpace() {
+		t.Fatal("low with 40 MiB free and min_free 64 MiB (half is 32)")
+	}
+	free.Store(30 << 20)
+	clock.Add(time.Second)
+	if !s.LowOnSpace() {
+		t.Fatal("not low with 30 MiB free")
+	}
+}
+
+// duration_ms is whole milliseconds, rounded up, in JSON.
+func TestMillisJSON(t *testing.T) {
+	for v, want := range map[Millis]string{0: "0", -1: "0", 0.2: "1", 1: "1", 3.0: "3", 3.0001: "4", 1500.5: "1501"} {
+		b, err := json.Marshal(v)
+		if err != nil || string(b) != want {
+			t.Errorf("Millis(%v) = %s %v, want %s", float64(v), b, err, want)
+		}
 	}
 }

@@ -65,14 +65,15 @@ type Options struct {
 	// is free, Enqueue refuses new events with ErrUnavailable (see
 	// DefaultMinFree, the default; negative: no check).
 	MinFree int64
+	// FreeSpace replaces the reading of the free bytes on the filesystem
+	// of dir (default: statfs), for tests of a full disk.
+	FreeSpace func(dir string) (int64, error)
 
 	// gcInterval is how often the janitor runs (default 1 minute).
 	gcInterval time.Duration
 	// noSync turns SyncWrites off; only for tests that measure something
 	// other than the disk (churn).
 	noSync bool
-	// statfs replaces the free-space reading (tests).
-	statfs func(dir string) (int64, error)
 }
 
 // Subscription states.
@@ -186,9 +187,10 @@ type Attempt struct {
 	Success      bool      `json:"success"`
 }
 
-// Millis is a duration in milliseconds. It is kept to the nanosecond and
-// shown in JSON as whole milliseconds, rounded up (an attempt that took
-// 0.2 ms shows 1), so clients can read it as an integer.
+// Millis is a duration in milliseconds. Attempt records keep it to the
+// nanosecond; the API (and the failure log, stored as JSON) shows whole
+// milliseconds, rounded up (an attempt that took 0.2 ms shows 1), so
+// clients can read it as an integer.
 type Millis float64
 
 // MarshalJSON writes m as a whole number of milliseconds, rounded up.
@@ -276,6 +278,10 @@ func (s *Store) Enqueue(ctx context.Context, ev Event, subs []string, idemKey st
 	// The payload is written twice (value log, then a table or the log of
 	// a compaction), the records once or twice.
 	if err := s.impl.space.admit(2 * int64(o.encoded)); err != nil {
+		// A repeat of an event already stored needs no space: answer it.
+		if res, ok := s.impl.idemResult(idemKey); ok {
+			return res, nil
+		}
 		return EnqueueResult{}, fmt.Errorf("enqueue event %s: %w", ev.ID, err)
 	}
 	if err := s.impl.run(ctx, o, &o.waiter); err != nil {
@@ -283,6 +289,11 @@ func (s *Store) Enqueue(ctx context.Context, ev Event, subs []string, idemKey st
 	}
 	return o.res, nil
 }
+
+// LowOnSpace reports whether less than half of Options.MinFree is free on
+// the store's filesystem: attempts should wait (their outcomes are writes
+// too) until space is freed.
+func (s *Store) LowOnSpace() bool { return s.impl.space.low() }
 
 // ---- taking work -----------------------------------------------------------
 

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -278,6 +279,13 @@ func TestPausedSubscriptionHoldsAndReleasesOldestFirst(t *testing.T) {
 		}
 	}
 	wantStats(t, s, map[string]int{DeliveryHeld: 4, DeliveryPending: 0, DeliveryScheduled: 0})
+	// A held delivery shows no next attempt (it waits for an activate, not
+	// for its old retry time), in the API's JSON too.
+	if _, ds, err := s.EventDeliveries("evt_1"); err != nil || len(ds) != 1 || !ds[0].NextAttempt.IsZero() {
+		t.Fatalf("held delivery %+v %v, want no next attempt", ds, err)
+	} else if b, _ := json.Marshal(ds[0]); strings.Contains(string(b), "next_attempt") {
+		t.Fatalf("held delivery JSON %s shows next_attempt", b)
+	}
 
 	sub, err := s.SetState(bg, "a", StateActive, 0)
 	if err != nil || sub.State != StateActive || !sub.PausedAt.IsZero() || sub.ConsecutiveFailures != 0 {
@@ -289,6 +297,9 @@ func TestPausedSubscriptionHoldsAndReleasesOldestFirst(t *testing.T) {
 	}
 	if st := deliveryState(t, s, "evt_1", "a"); st != DeliveryPending {
 		t.Fatalf("released retry state = %s, want pending", st)
+	}
+	if _, ds, _ := s.EventDeliveries("evt_1"); len(ds) != 1 || ds[0].NextAttempt.IsZero() || ds[0].NextAttempt.Location() != time.UTC {
+		t.Fatalf("released delivery %+v, want a next attempt in UTC", ds)
 	}
 	jobs = mustTake(t, s, "a", 10, clock.Now())
 	if !slices.Equal(eventIDs(jobs), []string{"evt_1", "evt_2", "evt_3", "evt_4"}) {
