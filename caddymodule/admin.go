@@ -527,11 +527,16 @@ func (s *adminServer) deleteSubscription(w http.ResponseWriter, r *http.Request,
 	return nil
 }
 
-// boolParam parses an optional boolean query parameter.
+// boolParam parses an optional boolean query parameter; present without a
+// value (?discard) it is true.
 func boolParam(r *http.Request, name string) (bool, error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
+	q := r.URL.Query()
+	if !q.Has(name) {
 		return false, nil
+	}
+	v := q.Get(name)
+	if v == "" {
+		return true, nil
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
@@ -660,8 +665,11 @@ func (s *adminServer) redeliver(w http.ResponseWriter, r *http.Request, id strin
 		}
 	}
 	n, err := s.rt.store.Redeliver(r.Context(), id, subID)
+	if errors.Is(err, queue.ErrNotRecipient) {
+		return apiError(http.StatusNotFound, "subscription: event %s was not sent to %s (it subscribed after the event, or does not take its type)", id, subID)
+	}
 	if err != nil {
-		return storeError("redelivering event "+id, err)
+		return storeError("event "+id, err)
 	}
 	s.rt.engine.Kick()
 	writeJSON(w, http.StatusAccepted, map[string]any{"event_id": id, "deliveries": n})

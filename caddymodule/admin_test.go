@@ -248,6 +248,36 @@ func TestAdminAPI(t *testing.T) {
 		}
 		h.adminJSON("POST", "/webhooks/subscriptions/"+apiSub.ID+"/activate?discard=true", "", 200, &v)
 		expectErr(t, "POST", "/webhooks/subscriptions/"+apiSub.ID+"/activate?discard=maybe", "", 400, "discard")
+
+		// A bare ?discard discards; the admin can still redeliver one of
+		// the discarded events.
+		h.adminJSON("POST", "/webhooks/subscriptions/"+apiSub.ID+"/pause", "", 200, &v)
+		status, b, _ = h.emit("lead.created", `{"discarded":true}`)
+		var dropped emitAnswer
+		json.Unmarshal(b, &dropped)
+		if status != 202 || dropped.Deliveries != 2 {
+			t.Fatalf("emit while paused: %d %s", status, b)
+		}
+		h.adminJSON("POST", "/webhooks/subscriptions/"+apiSub.ID+"/activate?discard", "", 200, &v)
+		if v.State != "active" || v.Pending != 0 {
+			t.Fatalf("activate?discard: %+v, want active with nothing pending", v)
+		}
+		var rd struct {
+			Deliveries int `json:"deliveries"`
+		}
+		h.adminJSON("POST", "/webhooks/events/"+dropped.ID+"/redeliver?subscription="+apiSub.ID, "", 202, &rd)
+		if rd.Deliveries != 1 {
+			t.Fatalf("redeliver of the discarded delivery queued %d, want 1", rd.Deliveries)
+		}
+		deadline = time.After(30 * time.Second)
+		for got := false; !got; {
+			select {
+			case r := <-sub.got:
+				got = r.header.Get("Webhook-Id") == dropped.ID && strings.Contains(string(r.body), `"discarded":true`) && r.header.Get("X-Tenant") == "acme" // apiSub's header
+			case <-deadline:
+				t.Fatal("the redelivered discarded event was not sent")
+			}
+		}
 		expectErr(t, "POST", "/webhooks/subscriptions/sub_nope/pause", "", 404, "sub_nope")
 		expectErr(t, "POST", "/webhooks/subscriptions/sub_nope/activate", "", 404, "sub_nope")
 		expectErr(t, "POST", "/webhooks/subscriptions/"+apiSub.ID+"/explode", "", 404, "no such webhooks route")
@@ -358,6 +388,23 @@ func TestAdminAPI(t *testing.T) {
 			h.adminJSON("GET", "/webhooks/events/"+ans.ID, "", 200, &ev)
 			return len(ev.Deliveries) == 2 && ev.Deliveries[0].State == "delivered" && ev.Deliveries[1].State == "delivered"
 		})
+		// Every attempt carries the fields of a failure-log entry, empty
+		// or 0 where they do not apply (a success has no error).
+		var raw struct {
+			Deliveries []struct {
+				Attempts []map[string]json.RawMessage `json:"attempts"`
+			} `json:"deliveries"`
+		}
+		h.adminJSON("GET", "/webhooks/events/"+ans.ID, "", 200, &raw)
+		for _, d := range raw.Deliveries {
+			for _, a := range d.Attempts {
+				for _, k := range []string{"attempt", "time", "status_code", "response_body", "error", "duration_ms", "trace_id", "success"} {
+					if _, ok := a[k]; !ok {
+						t.Errorf("attempt %v has no %q", a, k)
+					}
+				}
+			}
+		}
 		var rd struct {
 			EventID    string `json:"event_id"`
 			Deliveries int    `json:"deliveries"`
@@ -379,6 +426,8 @@ func TestAdminAPI(t *testing.T) {
 		}
 		expectErr(t, "POST", "/webhooks/events/evt_nope/redeliver", "", 404, "evt_nope")
 		expectErr(t, "POST", "/webhooks/events/"+ans.ID+"/redeliver?subscription=sub_nope", "", 404, "sub_nope")
+		// cfgen exists but takes segment.created only.
+		expectErr(t, "POST", "/webhooks/events/"+ans.ID+"/redeliver?subscription=cfgen", "", 404, "was not sent to cfgen")
 		expectErr(t, "GET", "/webhooks/events/"+ans.ID+"/redeliver", "", 405, "not allowed")
 	})
 

@@ -87,6 +87,7 @@ func buildCatalog(replace bool, extra []EventType) (*catalog, error) {
 				return nil, fmt.Errorf("event_types[%d] (%s): empty required key", i, t.Name)
 			}
 		}
+		t.Require = withContractKeys(t.Name, t.Require)
 		c.types[t.Name] = t
 	}
 	c.types[TestEventType] = testEventEntry
@@ -95,6 +96,29 @@ func buildCatalog(replace bool, extra []EventType) (*catalog, error) {
 	}
 	sort.Strings(c.names)
 	return c, nil
+}
+
+// contractKeys are the keys the contract requires of a type whatever the
+// configuration says: a catalog that declares the type again (to change its
+// description, or after `catalog none`) adds keys, it does not lift these.
+var contractKeys = map[string][]string{
+	"contact.create_or_update_failed": {"exception", "original"},
+}
+
+// withContractKeys returns require with the contract's keys of type name
+// added (first, in the contract's order) where they are missing.
+func withContractKeys(name string, require []string) []string {
+	must := contractKeys[name]
+	if len(must) == 0 {
+		return require
+	}
+	out := slices.Clone(must)
+	for _, k := range require {
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // lookup returns the type's entry.

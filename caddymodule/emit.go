@@ -233,6 +233,7 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 			attribute.String("webhook.event.id", ev.ID),
 			attribute.String("webhook.event.type", ev.Type),
 			attribute.String("http.request.method", http.MethodPost),
+			attribute.String("url.full", requestURL(r)),
 		))
 	defer span.End()
 	var carrier traceCarrier
@@ -266,6 +267,9 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 	status := http.StatusAccepted
 	if res.Duplicate {
 		status = http.StatusOK
+		// Not a second webhook.emit of the event (one per accepted event):
+		// the repeat is recorded under a name of its own.
+		span.SetName("webhook.emit.duplicate")
 		span.SetAttributes(
 			attribute.String("webhook.event.id", res.ID),
 			attribute.Int("webhook.deliveries", res.Deliveries),
@@ -280,6 +284,16 @@ func (h *EmitHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 	}
 	writeResult(w, status, res)
 	return nil
+}
+
+// requestURL is the emit request's URL as the client addressed it, for the
+// span's url.full.
+func requestURL(r *http.Request) string {
+	scheme := "http://"
+	if r.TLS != nil {
+		scheme = "https://"
+	}
+	return scheme + r.Host + r.URL.RequestURI()
 }
 
 // spanKindServer is the emit span's kind option, built once.

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -73,6 +74,39 @@ func TestUnknownTypeListsKnown(t *testing.T) {
 		if k == TestEventType {
 			t.Errorf("known lists %s, which cannot be emitted", TestEventType)
 		}
+	}
+}
+
+// TestContractKeysSurviveRedeclaration: the contract's required keys of
+// contact.create_or_update_failed stay when a config declares the type again
+// (to change its description, with keys of its own, or after catalog none).
+func TestContractKeysSurviveRedeclaration(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replace bool
+		require []string
+		want    []string
+	}{
+		{"redeclared with a description only", false, nil, []string{"exception", "original"}},
+		{"after catalog none", true, nil, []string{"exception", "original"}},
+		{"with a key of its own", true, []string{"tenant", "original"}, []string{"exception", "original", "tenant"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cat, err := buildCatalog(tc.replace, []EventType{{Name: "contact.create_or_update_failed", Description: "ours", Require: tc.require}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			typ, ok := cat.lookup("contact.create_or_update_failed")
+			if !ok || typ.Description != "ours" {
+				t.Fatalf("lookup = %+v, %v", typ, ok)
+			}
+			if !slices.Equal(typ.Require, tc.want) {
+				t.Errorf("required keys %v, want %v", typ.Require, tc.want)
+			}
+			if err := checkBody(typ, []byte(`{"x":1}`)); err == nil || err.status != http.StatusBadRequest {
+				t.Errorf("a body without exception and original: %v, want 400", err)
+			}
+		})
 	}
 }
 

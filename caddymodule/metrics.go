@@ -106,6 +106,10 @@ func registerMetrics(reg *prometheus.Registry, a *App) error {
 	for _, o := range []string{"success", "failure", "error"} {
 		metrics.attempts.WithLabelValues(o)
 	}
+	// So does every event type this config accepts.
+	for _, typ := range a.catalog.emittable() {
+		acceptedCounter(typ)
+	}
 	for _, c := range []prometheus.Collector{metrics.accepted, metrics.attempts, metrics.attemptDuration, stateCollector{app: a}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

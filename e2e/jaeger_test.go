@@ -51,7 +51,8 @@ func (s jaegerSpan) parent() string {
 // emitted with a traceparent whose first attempt fails (500) and second
 // succeeds shows up in Jaeger as one trace: the webhook.emit span, child of
 // the caller's span, and two webhook.deliver spans, children of the emit
-// span, with attempts 1 and 2 and status codes 500 and 200.
+// span, with attempts 1 and 2 and status codes 500 and 200. A repeat of the
+// emit (same Idempotency-Key) is a webhook.emit.duplicate span.
 func TestTracesInJaeger(t *testing.T) {
 	Jaeger(t)
 	cfg := NewConfig(t)
@@ -76,11 +77,19 @@ func TestTracesInJaeger(t *testing.T) {
 	rand.Read(parent)
 	traceID, parentID := hex.EncodeToString(tid), hex.EncodeToString(parent)
 	r, err := c.EmitRaw("url_shortener.clicked", `{"url":"https://example.com/x"}`,
-		http.Header{"Traceparent": {"00-" + traceID + "-" + parentID + "-01"}})
+		http.Header{"Traceparent": {"00-" + traceID + "-" + parentID + "-01"}, "Idempotency-Key": {"jaeger-" + traceID}})
 	if err != nil || r.Status != http.StatusAccepted {
 		t.Fatalf("emit with traceparent: %v %v", r, err)
 	}
 	evID, _ := r.Map()["id"].(string)
+	// The caller retries the emit in the same trace (a lost answer): the
+	// repeat is a span of its own, not a second webhook.emit of the event.
+	rand.Read(parent)
+	r, err = c.EmitRaw("url_shortener.clicked", `{"url":"https://example.com/x"}`,
+		http.Header{"Traceparent": {"00-" + traceID + "-" + hex.EncodeToString(parent) + "-01"}, "Idempotency-Key": {"jaeger-" + traceID}})
+	if err != nil || r.Status != http.StatusOK {
+		t.Fatalf("repeated emit: %v %v, want 200", r, err)
+	}
 	if got := sub.WaitFor(2, 30*time.Second); len(got) < 2 {
 		t.Fatalf("subscriber got %d requests, want a failed and a successful attempt", len(got))
 	}
@@ -89,6 +98,7 @@ func TestTracesInJaeger(t *testing.T) {
 	var last string
 	var emit jaegerSpan
 	var deliver map[string]jaegerSpan // by webhook.attempt
+	var emits, repeats int
 	jq := NewAdmin(JaegerQuery)
 	ok := Eventually(60*time.Second, func() bool {
 		r, err := jq.Do("GET", "/api/traces/"+traceID, nil)
@@ -106,16 +116,19 @@ func TestTracesInJaeger(t *testing.T) {
 			return false
 		}
 		spans = body.Data[0].Spans
-		emit, deliver = jaegerSpan{}, map[string]jaegerSpan{}
+		emit, deliver, emits, repeats = jaegerSpan{}, map[string]jaegerSpan{}, 0, 0
 		for _, sp := range spans {
 			switch sp.OperationName {
 			case "webhook.emit":
 				emit = sp
+				emits++
+			case "webhook.emit.duplicate":
+				repeats++
 			case "webhook.deliver":
 				deliver[sp.tag("webhook.attempt")] = sp
 			}
 		}
-		return emit.SpanID != "" && len(deliver) >= 2
+		return emit.SpanID != "" && len(deliver) >= 2 && repeats > 0
 	})
 	if !ok {
 		t.Fatalf("Jaeger has no trace %s with webhook.emit and two webhook.deliver spans within 60s; last answer: %.2000s", traceID, last)
@@ -123,8 +136,12 @@ func TestTracesInJaeger(t *testing.T) {
 	if emit.parent() != parentID {
 		t.Errorf("webhook.emit's parent is %q, want the caller's span %s", emit.parent(), parentID)
 	}
-	if emit.tag("webhook.event.id") != evID || emit.tag("webhook.event.type") != "url_shortener.clicked" {
+	if emit.tag("webhook.event.id") != evID || emit.tag("webhook.event.type") != "url_shortener.clicked" ||
+		emit.tag("http.request.method") != "POST" || emit.tag("url.full") != c.EmitURL("url_shortener.clicked") {
 		t.Errorf("webhook.emit tags: %+v", emit.Tags)
+	}
+	if emits != 1 || repeats != 1 {
+		t.Errorf("%d webhook.emit and %d webhook.emit.duplicate spans, want one of each (the event was accepted once)", emits, repeats)
 	}
 	for attempt, status := range map[string]string{"1": "500", "2": "200"} {
 		sp, ok := deliver[attempt]

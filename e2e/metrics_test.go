@@ -17,12 +17,21 @@ func TestMetrics(t *testing.T) {
 	cfg := NewConfig(t)
 	c := StartConfig(t, cfg)
 	admin := c.Admin()
-	// Before any attempt every outcome has its series, at 0.
+	// Before any attempt every outcome has its series, at 0, and so does
+	// every event type before any emit.
 	first := admin.Metrics(t)
 	for _, o := range []string{"success", "failure", "error"} {
 		if v, found := first.Sum("caddy_webhooks_attempts_total", `outcome="`+o+`"`); !found || v != 0 {
 			t.Errorf("before any attempt: attempts_total{outcome=%q} = %v (found %v), want 0", o, v, found)
 		}
+	}
+	for _, typ := range []string{"lead.created", "contact.create_or_update_failed", "user.created"} {
+		if v, found := first.Sum("caddy_webhooks_events_accepted_total", `type="`+typ+`"`); !found || v != 0 {
+			t.Errorf("before any emit: events_accepted_total{type=%q} = %v (found %v), want 0", typ, v, found)
+		}
+	}
+	if _, found := first.Sum("caddy_webhooks_events_accepted_total", `type="webhook.test"`); found {
+		t.Errorf("events_accepted_total has a series for webhook.test, which cannot be emitted")
 	}
 	good, bad := NewSubscriber(t), NewSubscriber(t)
 	bad.Respond(Response{Status: 500, Body: "no"})

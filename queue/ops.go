@@ -451,7 +451,7 @@ func (o *redeliverOp) apply(b *batch) error {
 	allSubs := subs
 	if o.sub != "" {
 		if !contains(subs, o.sub) {
-			return fmt.Errorf("redeliver event %s to %s: delivery %w", o.eventID, o.sub, ErrNotFound)
+			return fmt.Errorf("redeliver event %s to %s: %w", o.eventID, o.sub, ErrNotRecipient)
 		}
 		subs = []string{o.sub}
 	}
@@ -463,12 +463,15 @@ func (o *redeliverOp) apply(b *batch) error {
 		if err != nil {
 			return err
 		}
-		if !ok || (d.State != dDelivered && d.State != dFailed) {
-			continue // live (or dropped): nothing to redeliver
+		if !ok || d.State == dLive {
+			continue // on its way already
 		}
-		if d.State == dDelivered {
+		// Dropped (discarded) deliveries of a subscription that exists are
+		// sent again too: they are counted nowhere.
+		switch d.State {
+		case dDelivered:
 			b.delivered--
-		} else {
+		case dFailed:
 			b.failed--
 		}
 		d.State, d.Attempts, d.Next, d.DoneAt = dLive, 0, b.now, time.Time{}

@@ -201,7 +201,7 @@ func (m *model) drop(t *rapid.T) {
 func (m *model) redeliver(t *rapid.T) {
 	var terminal []*mdeliv
 	for _, d := range m.ds {
-		if d.state == dDelivered || d.state == dFailed {
+		if d.state == dDelivered || d.state == dFailed || d.state == dDropped {
 			terminal = append(terminal, d)
 		}
 	}

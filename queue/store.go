@@ -34,6 +34,9 @@ var (
 	ErrFull = errors.New("storage full")
 	// ErrExists: a subscription with that id already exists (Create).
 	ErrExists = errors.New("already exists")
+	// ErrNotRecipient: the event was not fanned out to that subscription
+	// (it subscribed later, or takes other types). It is an ErrNotFound.
+	ErrNotRecipient = fmt.Errorf("the event was not sent to this subscription: %w", ErrNotFound)
 )
 
 // Options configure Open. Zero values take the documented defaults.
@@ -179,11 +182,11 @@ type Job struct {
 type Attempt struct {
 	Attempt      int       `json:"attempt"` // 1-based
 	Time         time.Time `json:"time"`
-	StatusCode   int       `json:"status_code,omitempty"`
-	ResponseBody string    `json:"response_body,omitempty"` // ≤ 4 KiB
-	Error        string    `json:"error,omitempty"`
+	StatusCode   int       `json:"status_code"`   // 0: no response
+	ResponseBody string    `json:"response_body"` // ≤ 4 KiB
+	Error        string    `json:"error"`
 	DurationMS   Millis    `json:"duration_ms"`
-	TraceID      string    `json:"trace_id,omitempty"`
+	TraceID      string    `json:"trace_id"`
 	Success      bool      `json:"success"`
 }
 
@@ -460,8 +463,10 @@ func (s *Store) Drop(ctx context.Context, subID string) (int, error) {
 
 // Redeliver makes the event's terminal deliveries (all, or only subID's when
 // non-empty) live again and due now, with a fresh attempt count (the attempt
-// log is kept). It returns how many were queued; ErrNotFound if the event is
-// gone (or subID had no delivery of it).
+// log is kept). Terminal means delivered, failed, or dropped by an
+// activate with discard (of a subscription that still exists). It returns
+// how many were queued; ErrNotFound if the event is gone, ErrNotRecipient
+// if subID had no delivery of it.
 func (s *Store) Redeliver(ctx context.Context, eventID, subID string) (int, error) {
 	o := &redeliverOp{waiter: newWaiter(), eventID: eventID, sub: subID}
 	if err := s.impl.run(ctx, o, &o.waiter); err != nil {

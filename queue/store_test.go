@@ -424,12 +424,47 @@ func TestRedeliver(t *testing.T) {
 	if _, err := s.Redeliver(bg, "evt_nope", ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("redeliver unknown: %v", err)
 	}
-	if _, err := s.Redeliver(bg, "evt_1", "zzz"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("redeliver to a subscription without a delivery: %v", err)
+	if _, err := s.Redeliver(bg, "evt_1", "zzz"); !errors.Is(err, ErrNotRecipient) || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("redeliver to a subscription without a delivery: %v, want ErrNotRecipient", err)
 	}
 	_, ds, _ := s.EventDeliveries("evt_1")
 	if len(ds[1].Attempts) != 1 {
 		t.Fatalf("attempt log not kept over redeliver: %+v", ds[1])
+	}
+}
+
+// TestRedeliverDiscarded: a delivery dropped by an activate with discard is
+// sent again on redeliver (the admin asked for that event), counted as
+// pending again; one of a deleted subscription is not.
+func TestRedeliverDiscarded(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, clock)
+	mustSub(t, s, "a")
+	mustSub(t, s, "b")
+	mustEnqueue(t, s, "evt_1", "a", "b")
+	mustEnqueue(t, s, "evt_2", "a")
+	if n, err := s.Drop(bg, "a"); err != nil || n != 2 {
+		t.Fatalf("drop a = %d, %v; want 2", n, err)
+	}
+	wantStats(t, s, map[string]int{DeliveryPending: 1})
+	n, err := s.Redeliver(bg, "evt_1", "")
+	if err != nil || n != 1 {
+		t.Fatalf("redeliver evt_1 = %d, %v; want a's discarded delivery (b's is live)", n, err)
+	}
+	wantStats(t, s, map[string]int{DeliveryPending: 2})
+	jobs := mustTake(t, s, "a", 10, clock.Now())
+	if len(jobs) != 1 || jobs[0].EventID != "evt_1" || jobs[0].Attempts != 0 {
+		t.Fatalf("a takes %+v, want evt_1 alone", jobs)
+	}
+	s.Complete(jobs[0], Attempt{StatusCode: 200, Success: true}, SubUpdate{}, nil)
+	mustFlush(t, s)
+	wantStats(t, s, map[string]int{DeliveryPending: 1, DeliveryDelivered: 1})
+
+	if err := s.DeleteSubscription(bg, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Redeliver(bg, "evt_2", ""); err != nil || n != 0 {
+		t.Fatalf("redeliver evt_2 of the deleted a = %d, %v; want 0", n, err)
 	}
 }
 
