@@ -131,7 +131,7 @@ func TestTracesInJaeger(t *testing.T) {
 		return emit.SpanID != "" && len(deliver) >= 2 && repeats > 0
 	})
 	if !ok {
-		t.Fatalf("Jaeger has no trace %s with webhook.emit and two webhook.deliver spans within 60s; last answer: %.2000s", traceID, last)
+		t.Fatalf("Jaeger has no trace %s with webhook.emit, webhook.emit.duplicate and two webhook.deliver spans within 60s; last answer: %.2000s", traceID, last)
 	}
 	if emit.parent() != parentID {
 		t.Errorf("webhook.emit's parent is %q, want the caller's span %s", emit.parent(), parentID)
