@@ -67,7 +67,13 @@ func newTracerProvider(logger *zap.Logger) (*tracerProvider, error) {
 		resource.WithTelemetrySDK(),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("building tracing resource: %w", err)
+		if res == nil {
+			return nil, fmt.Errorf("building tracing resource: %w", err)
+		}
+		// A malformed OTEL_RESOURCE_ATTRIBUTES: like an unusable exporter,
+		// logged and left out (the rest of the resource is kept).
+		logger.Warn("tracing: OTEL_RESOURCE_ATTRIBUTES could not be read in full; the attributes it names are left out",
+			zap.Error(err))
 	}
 	var idp idTracerProvider
 	noExport := &tracerProvider{provider: idp, tracer: idp.Tracer(tracerName)}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -127,5 +128,41 @@ func TestTracerProviderWithUnusableExporter(t *testing.T) {
 			}
 			span.End()
 		})
+	}
+}
+
+// A malformed OTEL_RESOURCE_ATTRIBUTES does not stop the sidecar either: it
+// is logged at WARN, and the service name and the well-formed attributes
+// are kept on the exported spans' resource.
+func TestTracerProviderWithMalformedResourceAttributes(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "team=payments,deployment.environment")
+	t.Setenv("OTEL_SERVICE_NAME", "billing-hooks")
+	core, logs := observer.New(zap.WarnLevel)
+	tp, err := newTracerProvider(zap.New(core))
+	if err != nil {
+		t.Fatalf("malformed OTEL_RESOURCE_ATTRIBUTES: %v, want a provider", err)
+	}
+	defer tp.shutdown(context.Background())
+	if !tp.exports {
+		t.Error("the exporter was dropped with the attribute")
+	}
+	if logs.FilterMessageSnippet("OTEL_RESOURCE_ATTRIBUTES").Len() != 1 {
+		t.Errorf("no WARN naming OTEL_RESOURCE_ATTRIBUTES; logs %v", logs.All())
+	}
+	rec := tracetest.NewSpanRecorder()
+	tp.sdk.RegisterSpanProcessor(rec)
+	_, span := tp.tracer.Start(context.Background(), "webhook.emit")
+	span.End()
+	ended := rec.Ended()
+	if len(ended) != 1 {
+		t.Fatalf("%d spans recorded", len(ended))
+	}
+	attrs := map[string]string{}
+	for _, kv := range ended[0].Resource().Attributes() {
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	if attrs["service.name"] != "billing-hooks" || attrs["team"] != "payments" {
+		t.Errorf("resource %v: want service.name billing-hooks and team payments", attrs)
 	}
 }
