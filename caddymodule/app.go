@@ -300,9 +300,15 @@ func validSubscriptionName(name string) error {
 }
 
 // Start acquires the store and dispatcher of the storage directory (shared
-// with the app of the config being replaced, if any), pushes this config
-// into the engine, applies the config's subscriptions and publishes the app
+// with the app of the config being replaced, if any), applies the config's
+// subscriptions, pushes this config into the engine and publishes the app
 // for the handler and the admin API.
+//
+// A config that replaces a running one does not delete yet the Caddyfile
+// subscriptions it no longer declares: the reload can still fail (another
+// app of the new config not starting), and the running config then keeps
+// them with their pending deliveries. The replaced config's Stop, which
+// Caddy calls only once the new one runs, deletes them.
 func (a *App) Start() error {
 	v, loaded, err := pool.LoadOrNew(a.dir, func() (caddy.Destructor, error) {
 		return openRuntime(a)
@@ -311,21 +317,29 @@ func (a *App) Start() error {
 		return fmt.Errorf("opening webhooks storage %s: %w", a.dir, err)
 	}
 	rt := v.(*runtime)
-	if loaded {
-		rt.engine.SetLogger(a.logger)
-		rt.engine.Update(a.cfg)
-	}
-	if err := a.applySubscriptions(rt); err != nil {
-		// Caddy does not Stop an app whose Start failed: give the engine
-		// back to the config that keeps running, as Stop would.
+	if err := a.applySubscriptions(rt, !loaded); err != nil {
+		// Caddy does not Stop an app whose Start failed: give the store
+		// back to the config that keeps running, as Stop would (the
+		// engine still runs that config).
 		if next := newestAppFor(a.dir); loaded && next != nil {
-			rt.engine.SetLogger(next.logger)
-			rt.engine.Update(next.cfg)
+			if rerr := next.applySubscriptions(rt, true); rerr != nil {
+				a.logger.Error("re-applying the running config's subscriptions", zap.Error(rerr))
+			}
 		}
 		if _, derr := pool.Delete(a.dir); derr != nil {
 			a.logger.Error("releasing webhooks storage", zap.Error(derr))
 		}
 		return err
+	}
+	if loaded {
+		// pause_after changes once this config has taken over (in the
+		// replaced config's Stop): a lowered one pauses subscriptions, a
+		// durable step that a reload failing after this Start must not
+		// leave behind under the threshold that stays in force.
+		cfg := a.cfg
+		cfg.PauseAfter = rt.engine.Config().PauseAfter
+		rt.engine.SetLogger(a.logger)
+		rt.engine.Update(cfg)
 	}
 	a.rt.Store(rt)
 	runningMu.Lock()
@@ -341,7 +355,10 @@ func (a *App) Start() error {
 // Stop releases the app's hold on the store. The store and engine are
 // closed only when no other running config holds them. If this app was
 // the newest one of its storage (a failed reload rolling back), the
-// remaining newest config is pushed into the engine again.
+// remaining newest config is pushed into the engine again, with its
+// subscriptions. If a newer one runs (this config was replaced), the
+// Caddyfile subscriptions the newer one no longer declares are deleted now,
+// and its pause_after put in force.
 func (a *App) Stop() error {
 	rt := a.rt.Swap(nil)
 	if rt == nil {
@@ -352,11 +369,19 @@ func (a *App) Stop() error {
 	running = slices.DeleteFunc(running, func(x *App) bool { return x == a })
 	next := newestFor(a.dir)
 	runningMu.Unlock()
-	if wasNewest && next != nil {
+	switch {
+	case wasNewest && next != nil:
+		if err := next.applySubscriptions(rt, true); err != nil {
+			a.logger.Error("re-applying the remaining config's subscriptions", zap.Error(err))
+		}
 		rt.engine.SetLogger(next.logger)
 		rt.engine.Update(next.cfg)
-		if err := next.applySubscriptions(rt); err != nil {
-			a.logger.Error("re-applying the remaining config's subscriptions", zap.Error(err))
+	case next != nil:
+		if err := next.applySubscriptions(rt, true); err != nil {
+			next.logger.Error("deleting the subscriptions no longer in the config", zap.Error(err))
+		}
+		if pauseAfterOf(next.cfg) != rt.engine.Config().PauseAfter {
+			rt.engine.Update(next.cfg) // its pause_after, held back by Start
 		}
 	}
 	if _, err := pool.Delete(a.dir); err != nil {
@@ -365,10 +390,18 @@ func (a *App) Stop() error {
 	return nil
 }
 
+// pauseAfterOf is the pause_after cfg puts in force.
+func pauseAfterOf(cfg delivery.Config) int {
+	if cfg.PauseAfter < 1 {
+		return policy.DefaultPauseAfter
+	}
+	return cfg.PauseAfter
+}
+
 // applySubscriptions makes the store's config-sourced subscriptions match
 // the config: creates or updates the declared ones (keeping their state and
-// counters) and deletes the ones no longer declared.
-func (a *App) applySubscriptions(rt *runtime) error {
+// counters) and, with deleteUndeclared, deletes the ones no longer declared.
+func (a *App) applySubscriptions(rt *runtime, deleteUndeclared bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	declared := make(map[string]bool, len(a.Subscriptions))
@@ -402,6 +435,9 @@ func (a *App) applySubscriptions(rt *runtime) error {
 			return fmt.Errorf("storing subscription %s: %w", sc.Name, err)
 		}
 		rt.engine.SubscriptionChanged(sc.Name)
+	}
+	if !deleteUndeclared {
+		return nil
 	}
 	for _, s := range rt.store.Subscriptions() {
 		if s.Source != queue.SourceCaddyfile || declared[s.ID] {
