@@ -96,7 +96,7 @@ func badgerOptions(opts Options) (badger.Options, int64) {
 		// (an LSM full of 1 KiB payloads spent a third of the CPU on
 		// rewriting them). The janitor runs value-log GC.
 		WithValueThreshold(512).
-		WithValueLogFileSize(128 << 20)
+		WithValueLogFileSize(vlogFileSize)
 	bo.TableSizeMultiplier = 1
 	if opts.Logger != nil {
 		bo = bo.WithLogger(badgerLogger{opts.Logger})
@@ -502,10 +502,12 @@ func (s *store) janitor() {
 				s.opts.Logger.Warn("queue garbage collection", zap.Error(err))
 			}
 			// Only payloads over the value threshold live in the value log.
-			// A run rewrites up to half a file: not with the disk nearly full.
+			// A run rewrites the live part of a file before deleting it:
+			// with the disk filling up, only files that are mostly garbage.
 			moved := false
-			for i := 0; i < 4 && !s.space.low(); i++ {
-				if s.isClosed() || s.db.RunValueLogGC(0.5) != nil {
+			for i := 0; i < 4; i++ {
+				ratio, ok := s.space.gcRatio()
+				if !ok || s.isClosed() || s.db.RunValueLogGC(ratio) != nil {
 					break
 				}
 				moved = true

@@ -3,3 +3,5 @@
 package queue
 
 func freeSpace(string) (int64, error) { return 0, errNoStatfs }
+
+func fsSize(string) (int64, error) { return 0, errNoStatfs }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -77,6 +78,65 @@ func TestOpenRefusedOnAFullDisk(t *testing.T) {
 		t.Fatalf("open with MinFree -1: %v", err)
 	}
 	s.Close()
+}
+
+// Open refuses a min_free the filesystem could never leave free (a typo
+// such as 64GB for 64MB would refuse every emit for good).
+func TestOpenRefusesMinFreeOverTheFilesystem(t *testing.T) {
+	dir := t.TempDir()
+	size, err := fsSize(dir)
+	if errors.Is(err, errNoStatfs) {
+		t.Skip("no statfs on this platform")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(Options{Dir: dir, SmallMemory: true, MinFree: size + 1, FreeSpace: func(string) (int64, error) { return size, nil }})
+	if err == nil || !strings.Contains(err.Error(), "min_free") || !strings.Contains(err.Error(), "size of the filesystem") {
+		t.Fatalf("open with min_free over the filesystem's size: %v, want an error naming min_free", err)
+	}
+	s, err := Open(Options{Dir: dir, SmallMemory: true, MinFree: size / 2, FreeSpace: func(string) (int64, error) { return size, nil }})
+	if err != nil {
+		t.Fatalf("open with min_free half the filesystem: %v", err)
+	}
+	s.Close()
+}
+
+// A value-log GC run rewrites the live part of one file, at most
+// (1-ratio) of it, before deleting it: the ratio chosen always leaves what
+// it may write within what is free, less the margin; none when even a
+// file 95 % garbage would not fit; Badger's 0.5 when there is room or the
+// check is off.
+func TestGCRatioFitsTheFreeSpace(t *testing.T) {
+	var free int64
+	g := newSpaceGuard("x", DefaultMinFree, func(string) (int64, error) { return free, nil }, func() time.Time { return time.Time{} })
+	for _, tc := range []struct {
+		free  int64
+		ratio float64
+		ok    bool
+	}{
+		{1 << 30, 0.5, true},
+		{gcMargin + vlogFileSize/2, 0.5, true},
+		{48 << 20, 0.75, true},
+		{24 << 20, 0.9375, true},
+		{20 << 20, 0, false},
+		{gcMargin, 0, false},
+		{0, 0, false},
+	} {
+		free = tc.free
+		g.at = time.Time{}.Add(-time.Hour) // a stale reading: read again
+		ratio, ok := g.gcRatio()
+		if ok != tc.ok || (ok && math.Abs(ratio-tc.ratio) > 1e-9) {
+			t.Errorf("%d MiB free: ratio %v ok %v, want %v %v", tc.free>>20, ratio, ok, tc.ratio, tc.ok)
+		}
+		if ok && (1-ratio)*vlogFileSize > float64(tc.free-gcMargin)+1 {
+			t.Errorf("%d MiB free: a run may write %.0f MiB", tc.free>>20, (1-ratio)*vlogFileSize/(1<<20))
+		}
+	}
+	off := newSpaceGuard("x", -1, func(string) (int64, error) { return 0, nil }, time.Now)
+	if ratio, ok := off.gcRatio(); !ok || ratio != 0.5 {
+		t.Errorf("check off: %v %v, want 0.5", ratio, ok)
+	}
 }
 
 // The real reading: some space is free where the tests run.
