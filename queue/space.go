@@ -44,7 +44,7 @@ type spaceGuard struct {
 	statfs func(dir string) (int64, error)
 	now    func() time.Time
 
-	size   func(dir string) (int64, error) // the filesystem's size
+	size func(dir string) (int64, error) // the filesystem's size
 
 	mu   sync.Mutex
 	free int64     // at the last reading, less what was admitted since
