@@ -110,6 +110,7 @@ func (e *Engine) deliver(t task) {
 	}
 	if verdict.Success {
 		e.store.Complete(t.job, a, su, done)
+		e.rampSucceeded(t.sub.ID, rt.cfg.MaxInFlight)
 	} else {
 		f := queue.FailureEntry{
 			Time:           o.start,

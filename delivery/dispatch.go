@@ -34,8 +34,8 @@ func (e *Engine) schedule() {
 }
 
 // dispatch hands as much due work to the workers as the limits allow. Each
-// subscription gets at most min(free workers, MaxInFlight − its attempts in
-// flight) jobs, further bounded by its breaker (failures + in flight stay
+// subscription gets at most min(free workers, MaxInFlight (or its ramp's
+// limit after an activate) − its attempts in flight) jobs, further bounded by its breaker (failures + in flight stay
 // below PauseAfter). The starting subscription rotates on every pass, so a
 // subscription with a huge backlog cannot starve the others.
 //
@@ -82,7 +82,7 @@ func (e *Engine) dispatch() {
 			continue
 		}
 		e.mu.Lock()
-		n := min(free, rt.cfg.MaxInFlight-e.inflight[sub.ID])
+		n := min(free, e.limitLocked(sub.ID, rt.cfg.MaxInFlight)-e.inflight[sub.ID])
 		e.mu.Unlock()
 		// The breaker admits attempts one by one below; bounding by it
 		// here too avoids taking jobs only to keep them waiting. With
@@ -215,7 +215,7 @@ func (e *Engine) continueWith(subID string) (task, bool) {
 	rt := e.rt.Load()
 	e.mu.Lock()
 	// busy and inflight still count the attempt that just ended.
-	ok := !e.stopped && e.busy < rt.cfg.Workers && e.inflight[subID] <= rt.cfg.MaxInFlight
+	ok := !e.stopped && e.busy < rt.cfg.Workers && e.inflight[subID] <= e.limitLocked(subID, rt.cfg.MaxInFlight)
 	e.mu.Unlock()
 	if !ok {
 		return task{}, false

@@ -123,8 +123,9 @@ type Engine struct {
 
 	// mu guards the dispatch accounting and the worker pool size.
 	mu       sync.Mutex
-	busy     int            // attempts handed to workers and not yet finished
-	inflight map[string]int // the same, per subscription
+	busy     int              // attempts handed to workers and not yet finished
+	inflight map[string]int   // the same, per subscription
+	ramps    map[string]*ramp // subscriptions recovering from a pause (ramp.go)
 	known    map[string]bool
 	rr       int // round-robin start
 	workers  int // worker goroutines started
@@ -204,6 +205,7 @@ func New(store *queue.Store, cfg Config, opts Options) (*Engine, error) {
 		rand:     opts.Rand,
 		grace:    opts.Grace,
 		inflight: make(map[string]int),
+		ramps:    make(map[string]*ramp),
 		known:    make(map[string]bool),
 		ready:    make(map[string][]queue.Job),
 		lanes:    make(map[string]*lane),
@@ -411,6 +413,7 @@ func (e *Engine) SubscriptionChanged(id string) {
 	case errors.Is(err, queue.ErrNotFound):
 		if e.known[id] {
 			delete(e.known, id)
+			delete(e.ramps, id)
 			e.breakers.Remove(id)
 		}
 	case err == nil && !e.known[id]:
@@ -422,7 +425,8 @@ func (e *Engine) SubscriptionChanged(id string) {
 }
 
 // Activate sets the subscription active with a count of 0 and releases its
-// held and scheduled deliveries (or drops them when discard).
+// held and scheduled deliveries (or drops them when discard). Its attempts
+// then ramp up from one in flight (ramp.go).
 func (e *Engine) Activate(ctx context.Context, id string, discard bool) (queue.Subscription, error) {
 	if _, err := e.store.Subscription(id); err != nil {
 		return queue.Subscription{}, fmt.Errorf("activate subscription %s: %w", id, err)
@@ -449,6 +453,7 @@ func (e *Engine) activate(ctx context.Context, id string, discard bool) (queue.S
 	sub, err := e.store.SetState(ctx, id, queue.StateActive, 0)
 	if err == nil {
 		e.breakers.Reset(id)
+		e.startRamp(id) // before the release, so the oldest goes alone
 	}
 	e.outcomeMu.Unlock()
 	if err != nil {

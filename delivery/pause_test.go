@@ -159,29 +159,55 @@ func TestGonePausesAtOnce(t *testing.T) {
 	}
 }
 
-// Activate with the default max_in_flight: the held deliveries go out in
-// parallel, and their attempts start oldest first (the attempt times the
-// API shows are in event order). Parallel requests can reach the
-// subscriber's handler a little out of order; TestActivateReleasesOldestFirst
-// has strict arrival with max_in_flight 1.
+// Activate with the default max_in_flight: the held deliveries go out
+// oldest first. The subscription ramps up: one attempt at a time for its
+// first rampStep successes, so those reach the subscriber strictly in event
+// order, then in parallel (2, 4, then max_in_flight at a time), where the
+// attempts still start oldest first (the attempt times the API shows are in
+// event order) although parallel requests can reach the handler a little
+// out of order.
 func TestActivateReleasesOldestFirstInParallel(t *testing.T) {
 	h := newHarness(t, delivery.Config{MaxInFlight: 8, PauseAfter: 10}, func(o *delivery.Options) {
 		o.Clock = policy.SystemClock{} // attempt times that tell the order
 	})
-	s := newSubscriber(t, nil)
+	var mu sync.Mutex
+	var active, most, mostInRamp int
+	s := newSubscriber(t, func(w http.ResponseWriter, _ *http.Request, n int) {
+		mu.Lock()
+		active++
+		most = max(most, active)
+		if n <= delivery.RampStep {
+			mostInRamp = max(mostInRamp, active)
+		}
+		mu.Unlock()
+		time.Sleep(2 * time.Millisecond) // long enough for parallel ones to meet
+		mu.Lock()
+		active--
+		mu.Unlock()
+	})
 	h.subscribe("sub_a", s.url())
 	if _, err := h.eng.Pause(context.Background(), "sub_a"); err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
-	for range 24 {
+	for range 4*delivery.RampStep + 24 {
 		ids = append(ids, h.emit("lead.created", `{}`).ID)
 	}
 	h.flush()
 	if _, err := h.eng.Activate(context.Background(), "sub_a", false); err != nil {
 		t.Fatal(err)
 	}
-	s.waitRequests(t, len(ids))
+	reqs := s.waitRequests(t, len(ids))
+	for i, r := range reqs[:delivery.RampStep] {
+		if got := r.header.Get("webhook-id"); got != ids[i] {
+			t.Fatalf("request %d of the ramp is %s, want %s: the first %d arrive in event order", i+1, got, ids[i], delivery.RampStep)
+		}
+	}
+	mu.Lock()
+	if mostInRamp != 1 || most < 2 || most > 8 {
+		t.Errorf("at most %d in flight during the ramp (want 1), %d overall (want 2 to max_in_flight 8)", mostInRamp, most)
+	}
+	mu.Unlock()
 	h.waitAttempts(len(ids))
 	h.flush()
 	var prev time.Time

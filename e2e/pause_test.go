@@ -16,8 +16,7 @@ import (
 // held; Test works and changes nothing; Activate resets the count and every
 // held event arrives, oldest first.
 func TestPauseAfterTenFailures(t *testing.T) {
-	cfg := NewConfig(t)
-	cfg.MaxInFlight = 1 // so "oldest first" after activate is observable
+	cfg := NewConfig(t) // max_in_flight 8: after activate the subscription ramps up from 1
 	c := StartConfig(t, cfg)
 	admin := c.Admin()
 	sub := NewSubscriber(t)

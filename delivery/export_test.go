@@ -1,0 +1,4 @@
+package delivery
+
+// RampStep exposes rampStep to the external tests.
+const RampStep = rampStep
