@@ -137,10 +137,24 @@ func (o *outcomeOp) apply(b *batch) error {
 	job := &o.job
 	sub, seq := job.SubscriptionID, jobSeq(job)
 	b.effect(sub).unlease = append(b.effect(sub).unlease, seq)
-	// The due entry is gone if the delivery was dropped (or this outcome is
-	// a repeat): then there is nothing to record.
+	// The due entry is gone if the delivery was dropped (activate with
+	// discard, a deleted subscription) while the attempt was in flight.
+	// The delivery's records stay as the drop left them, but the attempt
+	// happened: its failure is logged and the subscription keeps the count
+	// (and a pause) the breaker gave it, as for any other attempt.
 	if _, ok, err := b.get(job.key); err != nil || !ok {
-		return err
+		if err != nil {
+			return err
+		}
+		if _, exists := b.sub(sub); !exists {
+			return nil
+		}
+		if o.failure != nil {
+			if err := b.logFailure(*o.failure); err != nil {
+				return err
+			}
+		}
+		return o.updateSub(b)
 	}
 	if err := b.txn.Delete(job.key); err != nil {
 		return err

@@ -395,6 +395,51 @@ func TestDropAndDeleteSubscription(t *testing.T) {
 	}
 }
 
+// A failed attempt in flight when its delivery was dropped (activate with
+// discard) happened all the same: its failure is logged and the count and
+// pause the breaker gave it are kept, while the dropped delivery stays
+// dropped. After the subscription is deleted, a late outcome records
+// nothing.
+func TestFailureOfADroppedDeliveryIsRecorded(t *testing.T) {
+	clock := newClock()
+	s := openTest(t, clock)
+	mustSub(t, s, "a")
+	mustEnqueue(t, s, "evt_1", "a")
+	mustEnqueue(t, s, "evt_2", "a")
+	leased := mustTake(t, s, "a", 2, clock.Now())
+	if n, err := s.Drop(bg, "a"); err != nil || n != 2 {
+		t.Fatalf("drop = %d, %v; want 2", n, err)
+	}
+	f := FailureEntry{Time: clock.Now(), SubscriptionID: "a", EventID: "evt_1", Attempt: 1, StatusCode: 500, Error: "HTTP 500"}
+	s.Reschedule(leased[0], clock.Now().Add(time.Minute), Attempt{StatusCode: 500, Error: "HTTP 500"}, f,
+		SubUpdate{ConsecutiveFailures: 3, Pause: true, PausedAt: clock.Now()}, nil)
+	mustFlush(t, s)
+	sub, err := s.Subscription("a")
+	if err != nil || sub.ConsecutiveFailures != 3 || sub.State != StatePaused || sub.LastError != "HTTP 500" {
+		t.Fatalf("subscription after the late failure: %+v %v, want paused with 3 failures and the last error", sub, err)
+	}
+	if got, err := s.Failures("a", 10, time.Time{}); err != nil || len(got) != 1 || got[0].EventID != "evt_1" {
+		t.Fatalf("failure log %+v %v, want the late failure", got, err)
+	}
+	if st := deliveryState(t, s, "evt_1", "a"); st != "none" {
+		t.Fatalf("the dropped delivery is %s again", st)
+	}
+	wantStats(t, s, map[string]int{})
+
+	if err := s.DeleteSubscription(bg, "a"); err != nil {
+		t.Fatal(err)
+	}
+	f.EventID = "evt_2"
+	s.Reschedule(leased[1], clock.Now().Add(time.Minute), Attempt{StatusCode: 500}, f, SubUpdate{ConsecutiveFailures: 4}, nil)
+	mustFlush(t, s)
+	if got, _ := s.Failures("a", 10, time.Time{}); len(got) != 1 {
+		t.Fatalf("failure log of the deleted subscription has %d entries, want the 1 from before", len(got))
+	}
+	if _, err := s.Subscription("a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a late outcome brought the deleted subscription back: %v", err)
+	}
+}
+
 func TestRedeliver(t *testing.T) {
 	clock := newClock()
 	s := openTest(t, clock)
