@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -187,6 +188,12 @@ var subscriptionActions = map[string]func(*adminServer, http.ResponseWriter, *ht
 	"test":          (*adminServer).test,
 	"rotate-secret": (*adminServer).rotateSecret,
 }
+
+// subEdits serialises the changes that read a subscription, change it and
+// write it whole (PATCH, rotate-secret, a config's subscriptions) with each
+// other and with DELETE: an edit never writes back a stale copy over
+// another change, nor brings a deleted subscription back.
+var subEdits sync.Mutex
 
 // adminServer answers one request against the app and runtime it found.
 type adminServer struct {
@@ -486,6 +493,11 @@ func (s *adminServer) patchSubscription(w http.ResponseWriter, r *http.Request, 
 	if err := decodeJSON(r, &in); err != nil {
 		return err
 	}
+	subEdits.Lock()
+	defer subEdits.Unlock()
+	if sub, err = s.subscription(id); err != nil { // as it is now: deleted or edited meanwhile
+		return err
+	}
 	if in.URL != nil {
 		sub.URL = *in.URL
 	}
@@ -512,6 +524,8 @@ func (s *adminServer) patchSubscription(w http.ResponseWriter, r *http.Request, 
 }
 
 func (s *adminServer) deleteSubscription(w http.ResponseWriter, r *http.Request, id string) error {
+	subEdits.Lock()
+	defer subEdits.Unlock()
 	sub, err := s.subscription(id)
 	if err != nil {
 		return err
@@ -580,6 +594,8 @@ func (s *adminServer) test(w http.ResponseWriter, r *http.Request, id string) er
 }
 
 func (s *adminServer) rotateSecret(w http.ResponseWriter, r *http.Request, id string) error {
+	subEdits.Lock()
+	defer subEdits.Unlock()
 	sub, err := s.subscription(id)
 	if err != nil {
 		return err

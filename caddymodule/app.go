@@ -402,6 +402,8 @@ func pauseAfterOf(cfg delivery.Config) int {
 // the config: creates or updates the declared ones (keeping their state and
 // counters) and, with deleteUndeclared, deletes the ones no longer declared.
 func (a *App) applySubscriptions(rt *runtime, deleteUndeclared bool) error {
+	subEdits.Lock()
+	defer subEdits.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	declared := make(map[string]bool, len(a.Subscriptions))
