@@ -353,10 +353,20 @@ func (s *store) busy(id string) func() {
 // scanDue reads up to limit due entries of sub from key from on, skipping
 // leased ones (when skipLeased) and jumping to the key skip returns (when
 // not nil), and returns them with the key to continue from (nil at the end).
+//
+// The leased set is locked before the snapshot is taken, as in take: a
+// commit publishes its snapshot before it ends its leases, so a job leased
+// when the lock was taken is skipped whichever snapshot is read, and one
+// whose lease had ended is read in a snapshot with its outcome. (Locked
+// after the snapshot, an outcome committed in between made the job's old
+// key look like a waiting delivery, and Release moved a delivered one back
+// to due.)
 func (s *store) scanDue(sub string, from []byte, limit int, skipLeased bool, skip func(due time.Time) []byte) ([]dueEntry, []byte, error) {
 	st := s.state(sub)
 	var out []dueEntry
 	var next []byte
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	err := s.view(func(txn *badger.Txn) error {
 		out, next = nil, nil
 		prefix := duePrefix(sub)
@@ -365,8 +375,6 @@ func (s *store) scanDue(sub string, from []byte, limit int, skipLeased bool, ski
 		}
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
 		defer it.Close()
-		st.mu.Lock()
-		defer st.mu.Unlock()
 		for it.Seek(from); it.Valid(); it.Next() {
 			item := it.Item()
 			_, due, seq, ok := parseDueKey(item.Key())

@@ -412,17 +412,23 @@ func (o *dropOp) apply(b *batch) error {
 	o.n = 0
 	fx := b.effect(o.sub)
 	for _, e := range o.entries {
-		if _, ok, err := b.get(e.key); err != nil || !ok {
-			if err != nil {
+		key, val := e.key, e.val
+		if _, ok, err := b.get(key); err != nil {
+			return err
+		} else if !ok {
+			// An outcome committed since the scan: delivered or failed
+			// (nothing to drop), or rescheduled under a new key.
+			if key, val, ok, err = b.rescheduledDue(o.sub, e); err != nil {
 				return err
+			} else if !ok {
+				continue
 			}
-			continue
 		}
-		dv, err := decodeDue(e.val)
+		dv, err := decodeDue(val)
 		if err != nil {
 			return fmt.Errorf("decode due entry: %w", err)
 		}
-		if err := b.txn.Delete(e.key); err != nil {
+		if err := b.txn.Delete(key); err != nil {
 			return err
 		}
 		// A dropped delivery is not reported: its attempt log goes.
@@ -440,6 +446,27 @@ func (o *dropOp) apply(b *batch) error {
 		o.n++
 	}
 	return nil
+}
+
+// rescheduledDue finds the due entry of a delivery that e was scanned as,
+// rescheduled since by an outcome: a retry keeps the sequence number, and
+// the delivery record has its new due time.
+func (b *batch) rescheduledDue(sub string, e dueEntry) ([]byte, []byte, bool, error) {
+	dv, err := decodeDue(e.val)
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("decode due entry: %w", err)
+	}
+	d, ok, err := b.getDelivHead(dv.eventID, sub)
+	if err != nil || !ok || d.State != dLive {
+		return nil, nil, false, err
+	}
+	_, _, seq, _ := parseDueKey(e.key)
+	k := dueKey(sub, d.Next, seq)
+	v, ok, err := b.get(k)
+	if err != nil || !ok {
+		return nil, nil, false, err
+	}
+	return k, v, true, nil
 }
 
 // ---- redeliver ---------------------------------------------------------
