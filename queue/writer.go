@@ -302,7 +302,7 @@ func (s *store) writer() {
 			// Outcomes alone wait for nobody: gather a few before paying a
 			// sync for them (their leases end a little later, nothing waits).
 			outcomesOnly := gathers(first)
-			urgent := pauses(first)
+			urgent := urgentOutcome(first)
 		drain:
 			for len(ops) < maxBatchOps && size < s.maxBatchBytes {
 				var o op
@@ -347,7 +347,7 @@ func (s *store) writer() {
 				}
 				ops = append(ops, o)
 				outcomesOnly = outcomesOnly && gathers(o)
-				urgent = urgent || pauses(o)
+				urgent = urgent || urgentOutcome(o)
 				size += o.size()
 				n += waitCount(o)
 			}
@@ -383,19 +383,23 @@ const (
 )
 
 // gathers reports whether o is an outcome that can wait for others before
-// its commit: every outcome but the one that pauses its subscription.
+// its commit: a success.
 func gathers(o op) bool {
 	_, ok := o.(*outcomeOp)
-	return ok && !pauses(o)
+	return ok && !urgentOutcome(o)
 }
 
-// pauses reports whether o is the outcome that pauses its subscription: its
-// batch is committed as soon as the queue is empty, without waiting for
-// more, so the pause is durable (it survives a kill -9, the admin API shows
-// it) as soon as can be.
-func pauses(o op) bool {
+// urgentOutcome reports an outcome whose batch is committed as soon as the
+// queue is empty, without the gathering wait: a pause, so it is durable (it
+// survives a kill -9, the admin API shows it) as soon as can be, or a
+// failure, since the count it raises is what keeps a subscriber from seeing
+// more than pause_after failures in a row across a crash (a failure not yet
+// committed is not counted after it, though its attempt reached the
+// subscriber). Failures are few (a subscription pauses after pause_after of
+// them in a row); successes, the bulk of a drain, keep gathering.
+func urgentOutcome(o op) bool {
 	out, ok := o.(*outcomeOp)
-	return ok && out.update.Pause
+	return ok && (out.update.Pause || out.failure != nil)
 }
 
 // waitCount is 1 for ops whose caller waits for the commit (and so comes

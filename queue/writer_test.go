@@ -132,3 +132,27 @@ func TestTrickleOfOutcomesCommitsWithoutAFullBatch(t *testing.T) {
 	}
 	t.Fatalf("the first outcome was not committed while %d outcomes trickled in", len(jobs))
 }
+
+// Which outcomes skip the gathering wait: a pause and a failure (its count
+// must be durable as soon as can be), not a success.
+func TestUrgentOutcomes(t *testing.T) {
+	f := &FailureEntry{}
+	for _, tc := range []struct {
+		name string
+		o    op
+		want bool
+	}{
+		{"success", &outcomeOp{kind: outComplete}, false},
+		{"failure, rescheduled", &outcomeOp{kind: outReschedule, failure: f, update: SubUpdate{ConsecutiveFailures: 3}}, true},
+		{"last failure", &outcomeOp{kind: outFail, failure: f}, true},
+		{"pause", &outcomeOp{kind: outReschedule, failure: f, update: SubUpdate{Pause: true}}, true},
+		{"enqueue", &enqueueOp{}, false},
+	} {
+		if got := urgentOutcome(tc.o); got != tc.want {
+			t.Errorf("%s: urgent %v, want %v", tc.name, got, tc.want)
+		}
+		if _, isOutcome := tc.o.(*outcomeOp); isOutcome && gathers(tc.o) == tc.want {
+			t.Errorf("%s: gathers %v, want %v", tc.name, gathers(tc.o), !tc.want)
+		}
+	}
+}
