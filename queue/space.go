@@ -85,24 +85,32 @@ func (g *spaceGuard) admit(n int64) error {
 	return nil
 }
 
-// low reports whether less than half the minimum is free (by a reading at
-// most spaceRecheck old): the writes that are not refused (outcomes, the
-// failure log, value-log GC) must stop too before the disk is full.
+// freeLocked returns the free space by a reading at most spaceRecheck old
+// (less what was admitted since), or false when it cannot be told. Caller
+// holds mu.
+func (g *spaceGuard) freeLocked() (int64, bool) {
+	now := g.now()
+	if now.Sub(g.at) > spaceRecheck || now.Before(g.at) {
+		free, err := g.statfs(g.dir)
+		if err != nil {
+			return 0, false
+		}
+		g.free, g.at = free, now
+	}
+	return g.free, true
+}
+
+// low reports whether less than half the minimum is free: the writes that
+// are not refused (outcomes, the failure log) must stop too before the
+// disk is full.
 func (g *spaceGuard) low() bool {
 	if g.min < 0 {
 		return false
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.now()
-	if now.Sub(g.at) > spaceRecheck || now.Before(g.at) {
-		free, err := g.statfs(g.dir)
-		if err != nil {
-			return false
-		}
-		g.free, g.at = free, now
-	}
-	return g.free < g.min/2
+	free, ok := g.freeLocked()
+	return ok && free < g.min/2
 }
 
 // vlogFileSize is the value-log file size of badgerOptions.
@@ -117,22 +125,18 @@ const gcMargin = 16 << 20
 // (1-ratio) of it, before it deletes the file; with the disk filling up
 // only files that are mostly garbage are taken, so what a run writes
 // always fits in what is free (less gcMargin). Badger's usual 0.5 when
-// there is room; no run with the check off.
+// there is room, with the check off, or when the free space is unknown.
 func (g *spaceGuard) gcRatio() (float64, bool) {
 	if g.min < 0 {
 		return 0.5, true
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := g.now()
-	if now.Sub(g.at) > spaceRecheck || now.Before(g.at) {
-		free, err := g.statfs(g.dir)
-		if err != nil {
-			return 0.5, true // cannot tell: as without the check
-		}
-		g.free, g.at = free, now
+	free, ok := g.freeLocked()
+	if !ok {
+		return 0.5, true
 	}
-	room := g.free - gcMargin
+	room := free - gcMargin
 	if room*20 < vlogFileSize {
 		return 0, false // a file 95 % garbage is worth a run; tighter, none
 	}
