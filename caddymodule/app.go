@@ -130,6 +130,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading events app: %w", err)
 	}
 	a.events = evApp.(*caddyevents.App)
+	if err := a.events.On("started", configStarted{app: a}); err != nil {
+		return fmt.Errorf("subscribing to the started event: %w", err)
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry(), a); err != nil {
 		return fmt.Errorf("registering webhooks metrics: %w", err)
 	}
@@ -300,15 +303,20 @@ func validSubscriptionName(name string) error {
 }
 
 // Start acquires the store and dispatcher of the storage directory (shared
-// with the app of the config being replaced, if any), applies the config's
-// subscriptions, pushes this config into the engine and publishes the app
+// with the app of the config being replaced, if any), pushes this config
+// into the engine, applies the config's subscriptions and publishes the app
 // for the handler and the admin API.
 //
-// A config that replaces a running one does not delete yet the Caddyfile
-// subscriptions it no longer declares: the reload can still fail (another
-// app of the new config not starting), and the running config then keeps
-// them with their pending deliveries. The replaced config's Stop, which
-// Caddy calls only once the new one runs, deletes them.
+// Start applies only what a failed load can undo: the engine's workers,
+// timeout, retry and allow_networks (before the subscriptions, so a url
+// moved into a newly allowed network is never dialled under the old
+// rules), and the Caddyfile subscriptions created or changed. The load can
+// still fail after this Start (another app of the config not starting),
+// and the running config then keeps what it had. What cannot be undone
+// waits until this config has taken over (takeOver, on Caddy's "started"
+// event, or when the replaced config stops): deleting the Caddyfile
+// subscriptions no longer declared, which drops their pending deliveries,
+// and a changed pause_after, whose pauses are recorded at once.
 func (a *App) Start() error {
 	v, loaded, err := pool.LoadOrNew(a.dir, func() (caddy.Destructor, error) {
 		return openRuntime(a)
@@ -317,29 +325,24 @@ func (a *App) Start() error {
 		return fmt.Errorf("opening webhooks storage %s: %w", a.dir, err)
 	}
 	rt := v.(*runtime)
-	if err := a.applySubscriptions(rt, !loaded); err != nil {
-		// Caddy does not Stop an app whose Start failed: give the store
-		// back to the config that keeps running, as Stop would (the
-		// engine still runs that config).
-		if next := newestAppFor(a.dir); loaded && next != nil {
-			if rerr := next.applySubscriptions(rt, true); rerr != nil {
-				a.logger.Error("re-applying the running config's subscriptions", zap.Error(rerr))
-			}
+	prev := newestAppFor(a.dir)
+	if loaded {
+		cfg := a.cfg
+		cfg.PauseAfter = rt.engine.Config().PauseAfter // see takeOver
+		rt.engine.SetLogger(a.logger)
+		rt.engine.Update(cfg)
+	}
+	if err := a.applySubscriptions(rt, false); err != nil {
+		// Caddy does not Stop an app whose Start failed: give the engine
+		// and the store back to the config that keeps running, as Stop
+		// would.
+		if loaded && prev != nil {
+			prev.restore(rt)
 		}
 		if _, derr := pool.Delete(a.dir); derr != nil {
 			a.logger.Error("releasing webhooks storage", zap.Error(derr))
 		}
 		return err
-	}
-	if loaded {
-		// pause_after changes once this config has taken over (in the
-		// replaced config's Stop): a lowered one pauses subscriptions, a
-		// durable step that a reload failing after this Start must not
-		// leave behind under the threshold that stays in force.
-		cfg := a.cfg
-		cfg.PauseAfter = rt.engine.Config().PauseAfter
-		rt.engine.SetLogger(a.logger)
-		rt.engine.Update(cfg)
 	}
 	a.rt.Store(rt)
 	runningMu.Lock()
@@ -354,11 +357,9 @@ func (a *App) Start() error {
 
 // Stop releases the app's hold on the store. The store and engine are
 // closed only when no other running config holds them. If this app was
-// the newest one of its storage (a failed reload rolling back), the
-// remaining newest config is pushed into the engine again, with its
-// subscriptions. If a newer one runs (this config was replaced), the
-// Caddyfile subscriptions the newer one no longer declares are deleted now,
-// and its pause_after put in force.
+// the newest one of its storage (a failed load rolling back), the
+// remaining newest config is restored in the engine and the store. If a
+// newer one runs (this config was replaced), the newer one takes over.
 func (a *App) Stop() error {
 	rt := a.rt.Swap(nil)
 	if rt == nil {
@@ -371,21 +372,47 @@ func (a *App) Stop() error {
 	runningMu.Unlock()
 	switch {
 	case wasNewest && next != nil:
-		if err := next.applySubscriptions(rt, true); err != nil {
-			a.logger.Error("re-applying the remaining config's subscriptions", zap.Error(err))
-		}
-		rt.engine.SetLogger(next.logger)
-		rt.engine.Update(next.cfg)
+		next.restore(rt)
 	case next != nil:
-		if err := next.applySubscriptions(rt, true); err != nil {
-			next.logger.Error("deleting the subscriptions no longer in the config", zap.Error(err))
-		}
-		if pauseAfterOf(next.cfg) != rt.engine.Config().PauseAfter {
-			rt.engine.Update(next.cfg) // its pause_after, held back by Start
-		}
+		next.takeOver(rt) // done already on "started", unless the event did not come
 	}
 	if _, err := pool.Delete(a.dir); err != nil {
 		return fmt.Errorf("closing webhooks storage %s: %w", a.dir, err)
+	}
+	return nil
+}
+
+// restore puts a's config back in force after a newer config failed: its
+// subscriptions (the newer one's are deleted, changed ones set back) and
+// its engine settings.
+func (a *App) restore(rt *runtime) {
+	if err := a.applySubscriptions(rt, true); err != nil {
+		a.logger.Error("re-applying the running config's subscriptions", zap.Error(err))
+	}
+	rt.engine.SetLogger(a.logger)
+	rt.engine.Update(a.cfg)
+}
+
+// takeOver does what waits until a's config has taken over: it deletes
+// the Caddyfile subscriptions a no longer declares and puts a's
+// pause_after in force. Doing it again changes nothing.
+func (a *App) takeOver(rt *runtime) {
+	if err := a.applySubscriptions(rt, true); err != nil {
+		a.logger.Error("deleting the subscriptions no longer in the config", zap.Error(err))
+	}
+	if pauseAfterOf(a.cfg) != rt.engine.Config().PauseAfter {
+		rt.engine.Update(a.cfg)
+	}
+}
+
+// configStarted is the handler of Caddy's "started" event, emitted once
+// every app of a config has started: the config has taken over.
+type configStarted struct{ app *App }
+
+// Handle implements caddyevents.Handler.
+func (h configStarted) Handle(context.Context, caddy.Event) error {
+	if rt := h.app.rt.Load(); rt != nil && newestAppFor(h.app.dir) == h.app {
+		h.app.takeOver(rt)
 	}
 	return nil
 }

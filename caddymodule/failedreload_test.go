@@ -19,8 +19,9 @@ import (
 type failingApp struct{}
 
 // failingAfterWebhooks counts the failed starts that came after the new
-// config's webhooks app had started (two apps on the storage running).
-var failingAfterWebhooks atomic.Int32
+// config's webhooks app had started (failingWebhooksRunning webhooks apps
+// running: 2 when a config runs on the storage, 1 when none does).
+var failingAfterWebhooks, failingWebhooksRunning atomic.Int32
 
 func init() { caddy.RegisterModule(failingApp{}) }
 
@@ -30,7 +31,7 @@ func (failingApp) CaddyModule() caddy.ModuleInfo {
 
 func (failingApp) Start() error {
 	runningMu.Lock()
-	if len(running) == 2 {
+	if len(running) == int(failingWebhooksRunning.Load()) {
 		failingAfterWebhooks.Add(1)
 	}
 	runningMu.Unlock()
@@ -45,6 +46,13 @@ func (failingApp) Stop() error { return nil }
 // map order), calling check after each.
 func (h *harness) failReload(t *testing.T, webhooks string, check func(try int)) {
 	t.Helper()
+	h.failLoad(t, 2, webhooks, check)
+}
+
+// failLoad is failReload with the number of webhooks apps that run once
+// the new one has started (1: no config runs on the storage).
+func (h *harness) failLoad(t *testing.T, webhooksRunning int32, webhooks string, check func(try int)) {
+	t.Helper()
 	adapted, _, err := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}.Adapt([]byte(h.config(webhooks)), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +64,7 @@ func (h *harness) failReload(t *testing.T, webhooks string, check func(try int))
 	cfg["apps"].(map[string]any)["zz_test_failing_app"] = map[string]any{}
 	failing, _ := json.Marshal(cfg)
 	failingAfterWebhooks.Store(0)
+	failingWebhooksRunning.Store(webhooksRunning)
 	for try := 1; failingAfterWebhooks.Load() < 3; try++ {
 		if try > 60 {
 			t.Fatalf("in 60 failed reloads the webhooks app started before the failing one only %d times", failingAfterWebhooks.Load())
@@ -141,5 +150,35 @@ func TestLoweredPauseAfterWaitsForTheReload(t *testing.T) {
 	h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
 	if v.State != "paused" || v.ConsecutiveFailures != 4 {
 		t.Errorf("after the reload to pause_after 3: crm %s with %d failures, want paused with 4", v.State, v.ConsecutiveFailures)
+	}
+}
+
+// TestFailedFirstLoadDeletesNothing: a load that fails after its webhooks
+// app started, with no config running on the storage (the first load, a
+// changed storage, the app added back after an unload), deletes no
+// Caddyfile subscription either: the deletion waits for a config that has
+// taken over.
+func TestFailedFirstLoadDeletesNothing(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t)
+	sub.answer(http.StatusInternalServerError, "down")
+	crm := fmt.Sprintf("retry 1h\n\t\tpause_after 1000\n\t\tsubscription crm {\n\t\t\turl %s/crm\n\t\t\tevents lead.created\n\t\t}", sub.URL)
+	h.load(crm)
+	for i := range 5 {
+		if status, b, _ := h.emit("lead.created", fmt.Sprintf(`{"i":%d}`, i)); status != http.StatusAccepted {
+			t.Fatalf("emit: %d %s", status, b)
+		}
+	}
+	h.unload() // a config without the webhooks app: the store closes
+	h.failLoad(t, 1, "retry 1h", func(int) {})
+	h.load(crm) // the operator puts crm back
+	if p := currentApp().rt.Load().store.Pending("crm"); p != 5 {
+		t.Fatalf("after loads that failed, crm has %d pending, want 5", p)
+	}
+	// A first load that succeeds deletes it.
+	h.unload()
+	h.load("retry 1h")
+	if status, _, _ := h.admin(http.MethodGet, "/webhooks/subscriptions/crm", ""); status != http.StatusNotFound {
+		t.Errorf("after a load without crm that succeeded, crm answers %d, want 404", status)
 	}
 }

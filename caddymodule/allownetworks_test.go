@@ -1,0 +1,105 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A reload that moves a subscription's url into a range only its new
+// allow_networks permits: the engine takes the new allow_networks before
+// the new url is stored, so no attempt dials the new url under the old
+// rules (each such attempt was a failure: logged, counted, retried 5 s
+// later, 17 to 60 of them in this test when the url came first).
+func TestReloadMovingAURLIntoANewlyAllowedNetwork(t *testing.T) {
+	h := newHarness(t)
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no second loopback address here: %v", err)
+	}
+	old := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Millisecond) }))
+	old.Listener = ln
+	old.Start()
+	defer old.Close()
+	var mu sync.Mutex
+	got := 0
+	fresh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got++
+		mu.Unlock()
+	}))
+	defer fresh.Close()
+	cfg := func(allow, url string) string {
+		return fmt.Sprintf(`{
+	admin localhost:%d
+	webhooks {
+		storage %s
+		allow_networks %s
+		workers 4
+		max_in_flight 4
+		subscription crm {
+			url %s/crm
+			events lead.created
+		}
+		subscription zz {
+			url %s/zz
+			events segment.created
+		}
+	}
+}
+
+http://127.0.0.1:%d {
+	webhook_emit /emit/*
+}
+`, adminPort, h.dir, allow, url, url, h.httpPort)
+	}
+	h.tc.InitServer(cfg("127.0.0.2/32", old.URL), "caddyfile")
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/emit/lead.created", h.httpPort), "application/json", strings.NewReader(fmt.Sprintf(`{"w":%d,"i":%d}`, w, i)))
+				if err == nil {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	// Each round widens allow_networks and moves the url into the newly
+	// allowed range in one reload, then moves it back, then narrows (in
+	// two reloads: narrowing and moving out of the range in one is the
+	// mirror case, which no order of the two steps can serve).
+	for range 5 {
+		time.Sleep(100 * time.Millisecond) // emits flow under each config
+		h.reload(cfg("127.0.0.0/8", fresh.URL))
+		time.Sleep(100 * time.Millisecond)
+		h.reload(cfg("127.0.0.0/8", old.URL))
+		time.Sleep(50 * time.Millisecond) // attempts to the moved url end
+		h.reload(cfg("127.0.0.2/32", old.URL))
+	}
+	close(stop)
+	wg.Wait()
+	eventually(t, 10*time.Second, "the deliveries to end", func() bool {
+		return currentApp().rt.Load().store.Pending("crm") == 0
+	})
+	_, b, _ := h.admin(http.MethodGet, "/webhooks/failures?subscription=crm", "")
+	var fails []map[string]any
+	json.Unmarshal(b, &fails)
+	if len(fails) > 0 {
+		t.Fatalf("%d failures of crm across the reloads, first: %v", len(fails), fails[0]["error"])
+	}
+}
