@@ -286,8 +286,16 @@ func (s *store) close() error {
 // writer: it moves live values to a new file and deletes the old one, and
 // Badger then answers an empty value for the snapshot's stale pointer. A
 // fresh transaction sees the moved value.)
+//
+// A read while a Close waits gets ErrClosed instead of waiting behind it:
+// Take and the scans of Release and Drop read holding their subscription's
+// lock, which the writer needs after a commit, and Close waits for
+// submitters that wait for the writer (a full queue), so a read queued
+// behind Close would close a cycle and hang the shutdown.
 func (s *store) view(fn func(txn *badger.Txn) error) error {
-	s.closeMu.RLock()
+	if !s.closeMu.TryRLock() {
+		return ErrClosed // Close holds or awaits the lock: closing
+	}
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return ErrClosed

@@ -2,10 +2,14 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // Release (activate) running while attempts end: a delivery whose outcome
@@ -87,4 +91,61 @@ func TestDropFindsADeliveryRescheduledSinceItsScan(t *testing.T) {
 		t.Fatalf("the delivery completed before the drop is %s, want delivered", st)
 	}
 	wantStats(t, s, map[string]int{DeliveryDelivered: 1})
+}
+
+// A shutdown under a full write queue does not hang on a read. The cycle:
+// a scan (here the test) holds its subscription's lock and reads; the
+// writer, after a commit, waits for that lock; so the queue fills and a
+// submitter waits for room holding the close lock for reading; Close
+// waits for it; a read queued behind Close would wait for ever. The read
+// gets ErrClosed instead, the scan lets go, and everything drains.
+func TestCloseUnderAFullQueueDoesNotHangAReader(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), SmallMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSub(t, s, "a")
+	st := s.impl.state("a")
+	st.mu.Lock() // a scan of "a" in progress
+	locked := true
+	defer func() {
+		if locked {
+			st.mu.Unlock()
+		}
+	}()
+	var submitters sync.WaitGroup
+	for i := range cap(s.impl.reqs) + 64 { // the writer stops at its first commit for "a"
+		submitters.Add(1)
+		go func() {
+			defer submitters.Done()
+			_, _ = s.Enqueue(context.Background(), Event{ID: fmt.Sprintf("evt_%05d", i), Type: "lead.created", Data: payload(i)}, []string{"a"}, "")
+		}()
+	}
+	for len(s.impl.reqs) < cap(s.impl.reqs) {
+		runtime.Gosched()
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	for s.impl.closeMu.TryRLock() { // until Close waits for the lock
+		s.impl.closeMu.RUnlock()
+		runtime.Gosched()
+	}
+	read := make(chan error, 1)
+	go func() { read <- s.impl.view(func(*badger.Txn) error { return nil }) }()
+	select {
+	case err := <-read:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("a read while Close waits: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read while Close waits behind a full queue hung (the cycle)")
+	}
+	st.mu.Unlock() // the scan ends
+	locked = false
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not finish once the scan ended")
+	}
+	submitters.Wait()
 }
