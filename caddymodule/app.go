@@ -394,8 +394,11 @@ func (a *App) restore(rt *runtime) {
 }
 
 // takeOver does what waits until a's config has taken over: it deletes
-// the Caddyfile subscriptions a no longer declares and puts a's
-// pause_after in force. Doing it again changes nothing.
+// the Caddyfile subscriptions a no longer declares, puts a's pause_after
+// in force, and starts a store's engine just opened (its start records the
+// pauses of counts at or over pause_after; a load that fails never starts
+// it, so no attempt is made under a config that never ran). Doing it again
+// changes nothing.
 func (a *App) takeOver(rt *runtime) {
 	if err := a.applySubscriptions(rt, true); err != nil {
 		a.logger.Error("deleting the subscriptions no longer in the config", zap.Error(err))
@@ -403,6 +406,7 @@ func (a *App) takeOver(rt *runtime) {
 	if pauseAfterOf(a.cfg) != rt.engine.Config().PauseAfter {
 		rt.engine.Update(a.cfg)
 	}
+	rt.engine.Start()
 }
 
 // configStarted is the handler of Caddy's "started" event, emitted once
@@ -628,8 +632,7 @@ func openRuntime(a *App) (*runtime, error) {
 		_ = st.Close()
 		return nil, fmt.Errorf("starting dispatcher: %w", err)
 	}
-	rt.engine = eng
-	eng.Start()
+	rt.engine = eng // started by takeOver: no attempt before the config runs
 	return rt, nil
 }
 

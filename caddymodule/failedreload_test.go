@@ -182,3 +182,31 @@ func TestFailedFirstLoadDeletesNothing(t *testing.T) {
 		t.Errorf("after a load without crm that succeeded, crm answers %d, want 404", status)
 	}
 }
+
+// TestFailedFirstLoadPausesNothing: a load with a lowered pause_after that
+// fails with no config running on the storage pauses nothing either: the
+// engine of a store it opened starts only once the config runs.
+func TestFailedFirstLoadPausesNothing(t *testing.T) {
+	h := newHarness(t)
+	sub := newSubscriber(t)
+	sub.answer(http.StatusInternalServerError, "down")
+	crm := fmt.Sprintf("retry 1h\n\t\tsubscription crm {\n\t\t\turl %s/crm\n\t\t\tevents lead.created\n\t\t}", sub.URL)
+	h.load("pause_after 10\n\t\t" + crm)
+	for range 4 {
+		if status, b, _ := h.emit("lead.created", `{}`); status != http.StatusAccepted {
+			t.Fatalf("emit: %d %s", status, b)
+		}
+	}
+	var v subView
+	eventually(t, 10*time.Second, "4 failures", func() bool {
+		h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
+		return v.ConsecutiveFailures == 4
+	})
+	h.unload()
+	h.failLoad(t, 1, "pause_after 3\n\t\t"+crm, func(int) {})
+	h.load("pause_after 10\n\t\t" + crm)
+	h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
+	if v.State != "active" || v.ConsecutiveFailures != 4 {
+		t.Fatalf("after loads with pause_after 3 that failed: crm %s with %d failures, want active with 4 under pause_after 10", v.State, v.ConsecutiveFailures)
+	}
+}
