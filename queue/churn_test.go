@@ -59,11 +59,13 @@ func TestChurn(t *testing.T) {
 		}
 	}
 	// probe measures taking the next due delivery: the 10th percentile of
-	// 101 single cycles' Take. A low percentile, not the median, so that
-	// other work on the machine (CI builds beside the tests, Badger's own
-	// compactions) does not decide the comparison; the tombstones the
-	// cursor must not step over would slow every probe, the low ones too.
-	probe := func() time.Duration {
+	// 101 single cycles' Take, the lowest of three such rounds. A low
+	// percentile of the best round, not the median, so that other work on
+	// the machine (CI builds or tests beside this one, Badger's own
+	// compactions) does not decide the comparison: noise only adds time,
+	// while the tombstones the cursor must not step over would slow every
+	// take of every round.
+	probeRound := func() time.Duration {
 		var ds []time.Duration
 		for range 101 {
 			mustEnqueue(t, s, "probe", "a")
@@ -78,6 +80,9 @@ func TestChurn(t *testing.T) {
 		}
 		slices.Sort(ds)
 		return ds[len(ds)/10]
+	}
+	probe := func() time.Duration {
+		return min(probeRound(), probeRound(), probeRound())
 	}
 
 	// Warm up until Badger has flushed memtables and compacted: the start
@@ -104,6 +109,16 @@ func TestChurn(t *testing.T) {
 	mustTake(t, s, "a", 1, clock.Now())
 	t.Logf("a Take that rewinds to the start instead: %v", time.Since(start))
 
+	// Badger's compactions run in the background for seconds at a time and
+	// slow every take while they do. A higher end cost is measured again,
+	// a little later, up to four times: noise passes, tombstones the
+	// cursor stepped over would not.
+	for i := 0; i < 4 && endCost > 2*startCost; i++ {
+		time.Sleep(250 * time.Millisecond) // no signal for "compaction over"
+		again := probe()
+		t.Logf("take next due measured again at the end: %v", again)
+		endCost = min(endCost, again)
+	}
 	if endCost > 2*startCost {
 		t.Fatalf("take got slower with churn: %v at the end vs %v at the start", endCost, startCost)
 	}
