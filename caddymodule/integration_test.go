@@ -203,6 +203,10 @@ func (h *harness) emit(event, body string, headers ...string) (int, []byte, http
 
 func (h *harness) admin(method, path, body string, headers ...string) (int, []byte, http.Header) {
 	h.t.Helper()
+	// Every config load (even one that fails) replaces Caddy's admin
+	// server and closes the old one's connections: a kept-alive one could
+	// be closed under the next request (EOF). One connection per request.
+	headers = append(headers, "Connection", "close")
 	return h.do(method, fmt.Sprintf("http://localhost:%d%s", adminPort, path), body, headers...)
 }
 

@@ -678,8 +678,15 @@ type Admin struct {
 }
 
 // NewAdmin returns a client for the admin endpoint at base.
+//
+// Its requests do not keep connections alive: every config load (even one
+// that fails) replaces Caddy's admin server and closes the old one's
+// connections, so a kept-alive one could be closed under the next request.
 func NewAdmin(base string) *Admin {
-	return &Admin{Base: strings.TrimRight(base, "/"), Client: &http.Client{Timeout: 30 * time.Second}}
+	return &Admin{Base: strings.TrimRight(base, "/"), Client: &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	}}
 }
 
 // Reply is an HTTP answer with its body read.
