@@ -114,20 +114,29 @@ func TestCloseUnderAFullQueueDoesNotHangAReader(t *testing.T) {
 		}
 	}()
 	var submitters sync.WaitGroup
-	for i := range cap(s.impl.reqs) + 64 { // the writer stops at its first commit for "a"
+	// The writer stops after its first commit for "a", which takes up to
+	// maxBatchOps of them; the rest fill the queue, and 64 wait for room.
+	for i := range maxBatchOps + cap(s.impl.reqs) + 64 {
 		submitters.Add(1)
 		go func() {
 			defer submitters.Done()
 			_, _ = s.Enqueue(context.Background(), Event{ID: fmt.Sprintf("evt_%05d", i), Type: "lead.created", Data: payload(i)}, []string{"a"}, "")
 		}()
 	}
+	deadline := time.Now().Add(time.Minute)
 	for len(s.impl.reqs) < cap(s.impl.reqs) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the write queue holds %d of %d after a minute", len(s.impl.reqs), cap(s.impl.reqs))
+		}
 		runtime.Gosched()
 	}
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
 	for s.impl.closeMu.TryRLock() { // until Close waits for the lock
 		s.impl.closeMu.RUnlock()
+		if time.Now().After(deadline) {
+			t.Fatal("Close never waited for the close lock")
+		}
 		runtime.Gosched()
 	}
 	read := make(chan error, 1)
