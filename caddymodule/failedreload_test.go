@@ -115,11 +115,10 @@ func TestFailedReloadKeepsRemovedSubscription(t *testing.T) {
 	}
 }
 
-// TestLoweredPauseAfterWaitsForTheReload: a reload to a lower pause_after
-// that fails (another of its apps does not start) pauses nothing: the threshold
-// in force stays the running config's. The same reload once it succeeds
-// pauses the subscription whose count has reached the new threshold.
-func TestLoweredPauseAfterWaitsForTheReload(t *testing.T) {
+// crmAtFourFailures runs a config with pause_after 10 and a Caddyfile
+// subscription crm (retry 1h) to a subscriber that fails, until crm has 4
+// failures; it returns the harness and crm's lines for the webhooks block.
+func crmAtFourFailures(t *testing.T) (*harness, string) {
 	h := newHarness(t)
 	sub := newSubscriber(t)
 	sub.answer(http.StatusInternalServerError, "down")
@@ -130,11 +129,21 @@ func TestLoweredPauseAfterWaitsForTheReload(t *testing.T) {
 			t.Fatalf("emit: %d %s", status, b)
 		}
 	}
-	var v subView
 	eventually(t, 10*time.Second, "4 failures", func() bool {
+		var v subView
 		h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
 		return v.ConsecutiveFailures == 4
 	})
+	return h, crm
+}
+
+// TestLoweredPauseAfterWaitsForTheReload: a reload to a lower pause_after
+// that fails (another of its apps does not start) pauses nothing: the threshold
+// in force stays the running config's. The same reload once it succeeds
+// pauses the subscription whose count has reached the new threshold.
+func TestLoweredPauseAfterWaitsForTheReload(t *testing.T) {
+	h, crm := crmAtFourFailures(t)
+	var v subView
 
 	h.failReload(t, "pause_after 3\n\t\t"+crm, func(try int) {
 		h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
@@ -187,21 +196,8 @@ func TestFailedFirstLoadDeletesNothing(t *testing.T) {
 // fails with no config running on the storage pauses nothing either: the
 // engine of a store it opened starts only once the config runs.
 func TestFailedFirstLoadPausesNothing(t *testing.T) {
-	h := newHarness(t)
-	sub := newSubscriber(t)
-	sub.answer(http.StatusInternalServerError, "down")
-	crm := fmt.Sprintf("retry 1h\n\t\tsubscription crm {\n\t\t\turl %s/crm\n\t\t\tevents lead.created\n\t\t}", sub.URL)
-	h.load("pause_after 10\n\t\t" + crm)
-	for range 4 {
-		if status, b, _ := h.emit("lead.created", `{}`); status != http.StatusAccepted {
-			t.Fatalf("emit: %d %s", status, b)
-		}
-	}
+	h, crm := crmAtFourFailures(t)
 	var v subView
-	eventually(t, 10*time.Second, "4 failures", func() bool {
-		h.adminJSON(http.MethodGet, "/webhooks/subscriptions/crm", "", http.StatusOK, &v)
-		return v.ConsecutiveFailures == 4
-	})
 	h.unload()
 	h.failLoad(t, 1, "pause_after 3\n\t\t"+crm, func(int) {})
 	h.load("pause_after 10\n\t\t" + crm)
