@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -23,18 +24,23 @@ func TestReloadMovingAURLIntoANewlyAllowedNetwork(t *testing.T) {
 	if err != nil {
 		t.Skipf("no second loopback address here: %v", err)
 	}
-	old := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(2 * time.Millisecond) }))
+	var atOld, atFresh atomic.Int64 // requests each url received
+	old := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		atOld.Add(1)
+		time.Sleep(2 * time.Millisecond) // a slower receiver: attempts overlap the reloads
+	}))
 	old.Listener = ln
 	old.Start()
 	defer old.Close()
-	var mu sync.Mutex
-	got := 0
-	fresh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		got++
-		mu.Unlock()
-	}))
+	fresh := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { atFresh.Add(1) }))
 	defer fresh.Close()
+	// receives waits until n has received more requests (the url in force
+	// is in use under the config in force).
+	receives := func(n *atomic.Int64, what string) {
+		t.Helper()
+		from := n.Load()
+		eventually(t, 10*time.Second, what, func() bool { return n.Load() > from+10 })
+	}
 	cfg := func(allow, url string) string {
 		return fmt.Sprintf(`{
 	admin localhost:%d
@@ -84,11 +90,11 @@ http://127.0.0.1:%d {
 	// two reloads: narrowing and moving out of the range in one is the
 	// mirror case, which no order of the two steps can serve).
 	for range 5 {
-		time.Sleep(100 * time.Millisecond) // emits flow under each config
+		receives(&atOld, "deliveries to the url on 127.0.0.2")
 		h.reload(cfg("127.0.0.0/8", fresh.URL))
-		time.Sleep(100 * time.Millisecond)
+		receives(&atFresh, "deliveries to the url moved to 127.0.0.1")
 		h.reload(cfg("127.0.0.0/8", old.URL))
-		time.Sleep(50 * time.Millisecond) // attempts to the moved url end
+		receives(&atOld, "deliveries to the url moved back")
 		h.reload(cfg("127.0.0.2/32", old.URL))
 	}
 	close(stop)

@@ -35,9 +35,10 @@ func (e *Engine) schedule() {
 
 // dispatch hands as much due work to the workers as the limits allow. Each
 // subscription gets at most min(free workers, MaxInFlight (or its ramp's
-// limit after an activate) − its attempts in flight) jobs, further bounded by its breaker (failures + in flight stay
-// below PauseAfter). The starting subscription rotates on every pass, so a
-// subscription with a huge backlog cannot starve the others.
+// limit after an activate) − its attempts in flight) jobs, further bounded
+// by its breaker (failures + in flight stay below PauseAfter). The starting
+// subscription rotates on every pass, so a subscription with a huge backlog
+// cannot starve the others.
 //
 // Each subscription keeps up to readyAhead × MaxInFlight taken jobs ready
 // beyond those it can start, refilled when fewer than MaxInFlight are left,

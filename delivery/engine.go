@@ -126,6 +126,7 @@ type Engine struct {
 	busy     int              // attempts handed to workers and not yet finished
 	inflight map[string]int   // the same, per subscription
 	ramps    map[string]*ramp // subscriptions recovering from a pause (ramp.go)
+	ramping  atomic.Int32     // len(ramps), read without mu
 	known    map[string]bool
 	rr       int // round-robin start
 	workers  int // worker goroutines started
@@ -413,7 +414,7 @@ func (e *Engine) SubscriptionChanged(id string) {
 	case errors.Is(err, queue.ErrNotFound):
 		if e.known[id] {
 			delete(e.known, id)
-			delete(e.ramps, id)
+			e.endRampLocked(id)
 			e.breakers.Remove(id)
 		}
 	case err == nil && !e.known[id]:

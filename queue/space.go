@@ -42,9 +42,8 @@ type spaceGuard struct {
 	dir    string
 	min    int64
 	statfs func(dir string) (int64, error)
+	size   func(dir string) (int64, error) // the filesystem's size
 	now    func() time.Time
-
-	size func(dir string) (int64, error) // the filesystem's size
 
 	mu   sync.Mutex
 	free int64     // at the last reading, less what was admitted since
